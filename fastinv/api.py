@@ -1,0 +1,153 @@
+"""The Python API for editing tools: load once, then invert and reconstruct images.
+
+inv = fastinv.load("path/to/sd3-folder", device="cuda")
+res = inv.invert("photo.png", prompt="a cat", method="euler", steps=28)
+rec = inv.reconstruct(res)          # rec.image is a PIL image
+print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastinv.conditioning import Conditioning
+from fastinv.device import resolve_device, resolve_dtype
+from fastinv.errors import FastinvError
+from fastinv.io import LoadedImage, load_image, pixels_to_pil
+from fastinv.methods import InversionResult, StepCallback, get_method
+from fastinv.methods.base import Stopwatch
+from fastinv.metrics import reconstruction_metrics
+from fastinv.models import FlowModel, load_model
+from fastinv.sampling import sample_euler
+
+ImageSource = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class Inversion:
+    """An inverted image: the method's result plus what is needed to regenerate it.
+
+    x0: [1, C, h, w] float32 clean latents of the input; sigmas: the N+1 float64 schedule used.
+    """
+
+    result: InversionResult
+    method: str
+    steps: int
+    sigmas: torch.Tensor
+    cond: Conditioning
+    image: LoadedImage
+    x0: torch.Tensor
+
+    @property
+    def z_T(self) -> torch.Tensor:
+        return self.result.z_T
+
+
+@dataclass
+class Reconstruction:
+    """The image regenerated from z_T alone: latents [1, C, h, w], pixels [1, 3, H, W] in [-1, 1]."""
+
+    latents: torch.Tensor
+    pixels: torch.Tensor
+    nfe: int
+    seconds: float
+    image: Image.Image = field(repr=False)
+
+
+class Inverter:
+    """A loaded model plus the invert → reconstruct → evaluate path, for any registered method."""
+
+    def __init__(self, model: FlowModel) -> None:
+        self.model = model
+
+    def prepare_image(self, image: ImageSource) -> LoadedImage:
+        """Load and fit an image to the model: sides cropped to its multiple, shrunk past its maximum."""
+        size = None
+        if self.model.max_side is not None:
+            probe = load_image(image)
+            width, height = probe.pixels.shape[-1], probe.pixels.shape[-2]
+            if max(width, height) > self.model.max_side:
+                scale = self.model.max_side / max(width, height)
+                step = self.model.size_multiple
+                size = (
+                    max(step, math.floor(width * scale / step) * step),
+                    max(step, math.floor(height * scale / step) * step),
+                )
+        return load_image(
+            image, multiple=self.model.size_multiple, min_size=self.model.size_multiple, size=size
+        )
+
+    def invert(
+        self,
+        image: ImageSource | LoadedImage,
+        *,
+        prompt: str = "",
+        method: str = "euler",
+        steps: int = 28,
+        guidance: float = 1.0,
+        embedded_guidance: float | None = None,
+        callback: StepCallback | None = None,
+        keep_trajectory: bool = False,
+        **options: Any,
+    ) -> Inversion:
+        """Invert one image to z_T with `method` over `steps` steps of the model's schedule."""
+        if steps < 1:
+            raise FastinvError(f"steps must be at least 1, got {steps}")
+        invert = get_method(method)
+        loaded = image if isinstance(image, LoadedImage) else self.prepare_image(image)
+        cond = self.model.conditioning(prompt, guidance, embedded_guidance)
+        x0 = self.model.codec.encode(loaded.pixels.to(self.model.device))
+        sigmas = self.model.sigmas(steps, (x0.shape[-2], x0.shape[-1]))
+        result = invert(
+            self.model.velocity,
+            x0,
+            sigmas,
+            cond,
+            callback=callback,
+            keep_trajectory=keep_trajectory,
+            **options,
+        )
+        return Inversion(result, method, steps, sigmas, cond, loaded, x0)
+
+    def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
+        """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""
+        clock = Stopwatch(self.model.device)
+        latents = sample_euler(
+            self.model.velocity, inversion.z_T, inversion.sigmas, inversion.cond, callback=callback
+        )
+        pixels = self.model.codec.decode(latents).cpu()
+        return Reconstruction(
+            latents, pixels, len(inversion.sigmas) - 1, clock.seconds(), pixels_to_pil(pixels)
+        )
+
+    def evaluate(self, inversion: Inversion, reconstruction: Reconstruction) -> dict[str, Any]:
+        """PSNR, SSIM, LPIPS and pixel MSE of the reconstruction vs the input; MSE of the latents vs x0."""
+        return reconstruction_metrics(
+            inversion.image.pixels[0],
+            reconstruction.pixels[0],
+            inversion.x0.cpu(),
+            reconstruction.latents.cpu(),
+        )
+
+
+def load(
+    model_dir: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    embeddings: str | Path | None = None,
+) -> Inverter:
+    """Load a local diffusers folder (SD3, FLUX) for inversion. device: auto|cpu|cuda[:N];
+    dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16; embeddings: precomputed prompts file."""
+    torch_device = resolve_device(device)
+    model = load_model(
+        model_dir, device=torch_device, dtype=resolve_dtype(dtype, torch_device), embeddings=embeddings
+    )
+    return Inverter(model)

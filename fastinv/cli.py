@@ -1,0 +1,185 @@
+"""The `fastinv` command line (typer + rich). Bad input → one `error:` line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fastinv.errors import FastinvError
+
+if TYPE_CHECKING:
+    from fastinv.api import Inverter
+    from fastinv.io import LoadedImage
+
+app = typer.Typer(
+    help="Fast diffusion inversion for rectified-flow models (SD3, FLUX).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _quiet_libraries() -> None:
+    """Keep diffusers/transformers load chatter (progress bars, optional-backend notices) off the terminal."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _output_names(images: list[Path]) -> dict[Path, str]:
+    stems: dict[str, Path] = {}
+    for image in images:
+        if not image.is_file():
+            raise FastinvError(f"image not found: {image}")
+        if image.stem in stems:
+            raise FastinvError(f"{stems[image.stem]} and {image} would write the same outputs; rename one")
+        stems[image.stem] = image
+    return {image: stem for stem, image in stems.items()}
+
+
+@app.command()
+def invert(
+    images: Annotated[list[Path], typer.Argument(help="Image files (any format PIL reads).")],
+    model: Annotated[
+        Path, typer.Option(help="Local diffusers folder: SD3 or FLUX pipeline, or a transformer.")
+    ],
+    method: Annotated[str, typer.Option(help="Inversion method (see `fastinv info`).")] = "euler",
+    steps: Annotated[int, typer.Option(help="Number of schedule steps N.")] = 28,
+    prompt: Annotated[str, typer.Option(help="Prompt used for inversion and reconstruction.")] = "",
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
+    embedded_guidance: Annotated[
+        float | None, typer.Option(help="Guidance value for guidance-distilled FLUX-dev (default 3.5).")
+    ] = None,
+    embeddings: Annotated[
+        Path | None, typer.Option(help="Precomputed prompt embeddings (for folders without text encoders).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-out"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")] = "auto",
+) -> None:
+    """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
+    _quiet_libraries()
+    from fastinv.api import load
+    from fastinv.methods import get_method
+
+    if steps < 1:
+        raise FastinvError(f"--steps must be at least 1, got {steps}")
+    get_method(method)
+    names = _output_names(images)
+    with console.status(f"loading {model}"):
+        inverter = load(model, device=device, dtype=dtype, embeddings=embeddings)
+    loaded = {image: inverter.prepare_image(image) for image in images}
+    for note in inverter.model.notes:
+        console.print(f"[dim]{note}[/dim]")
+
+    table = Table(title=f"{method}, {steps} steps, {inverter.model.family} on {inverter.model.device}")
+    for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
+        table.add_column(column, justify="left" if column == "image" else "right")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    options = {"prompt": prompt, "method": method, "steps": steps, "guidance": guidance}
+    with Progress(*columns, console=console, transient=True) as progress:
+        for image, picture in loaded.items():
+            for note in picture.notes:
+                console.print(f"[dim]{image.name}: {note}[/dim]")
+            record = _invert_one(inverter, picture, out, names[image], progress, embedded_guidance, options)
+            width, height = record["size"]
+            metrics = record["metrics"]
+            table.add_row(
+                image.name,
+                f"{width}×{height}",
+                str(record["nfe_inversion"]),
+                _fmt(record["seconds_inversion"]),
+                _fmt(record["seconds_reconstruction"]),
+                _fmt(metrics["psnr"]),
+                _fmt(metrics["ssim"], 4),
+                _fmt(metrics["lpips"], 4),
+            )
+    console.print(table)
+    console.print(
+        f"wrote z_T (.zT.safetensors), reconstructions (.recon.png) and metrics (.metrics.json) to {out}"
+    )
+
+
+def _invert_one(
+    inverter: Inverter,
+    picture: LoadedImage,
+    out: Path,
+    stem: str,
+    progress: Progress,
+    embedded_guidance: float | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Invert, reconstruct, evaluate and write one image, advancing a progress bar per step."""
+    from fastinv.outputs import write_outputs
+
+    task = progress.add_task(f"{stem}: invert", total=options["steps"])
+    res = inverter.invert(
+        picture, embedded_guidance=embedded_guidance, callback=lambda _: progress.advance(task), **options
+    )
+    progress.update(task, description=f"{stem}: reconstruct", completed=0)
+    rec = inverter.reconstruct(res, callback=lambda _: progress.advance(task))
+    progress.remove_task(task)
+    return write_outputs(out, stem, inverter.model, res, rec, inverter.evaluate(res, rec))
+
+
+def _version_of(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@app.command()
+def info() -> None:
+    """Print versions, devices, engines and inversion methods."""
+    import torch
+
+    from fastinv import __version__
+    from fastinv.lpips import lpips_available
+    from fastinv.methods import METHODS
+
+    table = Table(title=f"fastinv {__version__}", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("python", platform.python_version())
+    for package in ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "tensorrt", "triton"):
+        table.add_row(package, _version_of(package))
+    table.add_row("cpu threads", str(torch.get_num_threads()))
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    table.add_row("cuda devices", ", ".join(gpus) if gpus else "none")
+    table.add_row("engines", "torch")
+    table.add_row("methods", ", ".join(METHODS))
+    table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `fastinv` and `python -m fastinv`."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FastinvError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)

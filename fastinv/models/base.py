@@ -1,0 +1,144 @@
+"""The protocols every backend and adapter meets, and the bundle a loaded model folder becomes.
+
+Conventions (DESIGN §2): latents are [B, C, H, W] float32 outside adapters; time is σ ∈ [0, 1]
+as a float32 tensor of shape [B] (σ = 0 clean, σ = 1 noise); the velocity is v = ε − x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from fastinv.conditioning import Conditioning
+from fastinv.errors import FastinvError
+from fastinv.schedule import flow_sigmas
+
+
+@runtime_checkable
+class VelocityModel(Protocol):
+    """A velocity field v_θ(z, σ, c): torch module, ONNX Runtime session or TensorRT engine behind it."""
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """z: [B, C, H, W] float32; sigma: [B] float32 σ ∈ [0, 1]; returns v: [B, C, H, W] float32."""
+        ...
+
+
+class LatentCodec(Protocol):
+    """Pixels [B, 3, H, W] in [-1, 1] ↔ model latents [B, C, H/f, W/f] (f = `scale_factor`)."""
+
+    scale_factor: int
+    channels: int
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class PromptEncoder(Protocol):
+    """Turns a prompt into (prompt_embeds [1, L, D], pooled_embeds [1, P] or None)."""
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class TransformerVelocity:
+    """Base of the diffusers-transformer adapters: classifier-free guidance as ONE batched call.
+
+    Subclasses implement `predict(z, sigma, prompt_embeds, pooled_embeds, cond)` for a batch whose
+    text tensors already match the batch size; this class does the CFG batching and blend, the
+    dtype round trip (float32 state, network dtype inside) and the fp16 overflow check.
+    """
+
+    def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.network = network
+        self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def predict(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled_embeds: torch.Tensor | None,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        batch = z.shape[0]
+
+        def expand(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(self.device, self.dtype).expand(batch, *t.shape[1:])
+
+        text, pooled = expand(cond.prompt_embeds), expand(cond.pooled_embeds)
+        if cond.uses_cfg:
+            text = torch.cat([expand(cond.null_prompt_embeds), text])
+            pooled = None if pooled is None else torch.cat([expand(cond.null_pooled_embeds), pooled])
+            z, sigma = torch.cat([z, z]), torch.cat([sigma, sigma])
+        v = self.predict(z.to(self.dtype), sigma, text, pooled, cond).float()
+        if self.dtype == torch.float16 and not torch.isfinite(v).all():
+            raise FastinvError(
+                f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: use --dtype bf16 or fp32"
+            )
+        if cond.uses_cfg:
+            v_null, v_prompt = v.chunk(2)
+            v = v_null + cond.guidance_scale * (v_prompt - v_null)
+        return v
+
+
+@dataclass
+class FlowModel:
+    """Everything loaded from one model folder: the velocity network and what surrounds it.
+
+    family: "sd3" or "flux"; size_multiple: pixel sides must be multiples of it (VAE factor × patch);
+    max_side: largest pixel side the positional embedding covers (None: unbounded).
+    """
+
+    name: str
+    family: str
+    velocity: TransformerVelocity
+    codec: LatentCodec
+    prompt_encoder: PromptEncoder
+    scheduler_config: dict
+    size_multiple: int
+    max_side: int | None
+    device: torch.device
+    dtype: torch.dtype
+    notes: list[str] = field(default_factory=list)
+    schedule_seq_len: Callable[[int, int], int] | None = None
+    _prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def sigmas(self, steps: int, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The N+1 sampling sigmas (1 → 0, float64) for `steps` steps at latent size (h, w)."""
+        seq_len = None if self.schedule_seq_len is None else self.schedule_seq_len(*latent_hw)
+        return flow_sigmas(self.scheduler_config, steps, image_seq_len=seq_len)
+
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cached (prompt_embeds [1, L, D], pooled [1, P] | None) for `prompt`."""
+        if prompt not in self._prompt_cache:
+            self._prompt_cache[prompt] = self.prompt_encoder(prompt)
+        return self._prompt_cache[prompt]
+
+    def conditioning(
+        self, prompt: str = "", guidance_scale: float = 1.0, embedded_guidance: float | None = None
+    ) -> Conditioning:
+        """Conditioning for `prompt`; CFG (guidance_scale != 1) adds the "" prompt as the null branch."""
+        embeds, pooled = self.encode_prompt(prompt)
+        null_embeds, null_pooled = self.encode_prompt("") if guidance_scale != 1.0 else (None, None)
+        return Conditioning(
+            prompt=prompt,
+            prompt_embeds=embeds,
+            pooled_embeds=pooled,
+            guidance_scale=guidance_scale,
+            null_prompt_embeds=null_embeds,
+            null_pooled_embeds=null_pooled,
+            embedded_guidance=embedded_guidance,
+        )

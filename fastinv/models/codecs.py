@@ -1,0 +1,47 @@
+"""Pixel ↔ latent codecs: a diffusers AutoencoderKL, or the identity for pixel-space models."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+
+
+class VaeCodec:
+    """AutoencoderKL with the model's normalisation: latents = (mode(E(x)) − shift_factor) · scaling_factor.
+
+    The posterior mode (not a sample) is used, so encoding is deterministic.
+    """
+
+    def __init__(self, vae: AutoencoderKL, dtype: torch.dtype) -> None:
+        self.vae = vae
+        self.dtype = dtype
+        self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.channels = vae.config.latent_channels
+        self.scaling = vae.config.scaling_factor
+        self.shift = vae.config.shift_factor or 0.0
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, H, W] in [-1, 1] → latents [B, C, H/f, W/f] float32."""
+        device = next(self.vae.parameters()).device
+        posterior = self.vae.encode(pixels.to(device, self.dtype)).latent_dist
+        return ((posterior.mode() - self.shift) * self.scaling).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, C, h, w] → pixels [B, 3, h·f, w·f] float32 in [-1, 1] (clamped)."""
+        z = latents.to(self.dtype) / self.scaling + self.shift
+        return self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+
+class IdentityCodec:
+    """Pixel-space models: the latent is the RGB image itself in [-1, 1]."""
+
+    scale_factor = 1
+    channels = 3
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.float().clamp(-1, 1)

@@ -1,0 +1,59 @@
+"""FLUX adapter: diffusers' FluxTransformer2DModel as a VelocityModel.
+
+The packed token form [B, HW/4, 4C] and the img/txt position ids exist only inside this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import FluxPipeline
+
+from fastinv.conditioning import Conditioning
+from fastinv.models.base import TransformerVelocity
+
+DEFAULT_EMBEDDED_GUIDANCE = 3.5
+"""FluxPipeline's default guidance_scale, fed to guidance-distilled (dev) transformers."""
+
+
+class FluxVelocity(TransformerVelocity):
+    """v = FluxTransformer2DModel(pack(z), timestep = σ, ids, text, pooled[, guidance]), unpacked.
+
+    FluxPipeline passes timestep/1000 = σ; the transformer multiplies σ and guidance by 1000 itself.
+    """
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.network.config.guidance_embeds)
+
+    def predict(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled_embeds: torch.Tensor | None,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        batch, channels, height, width = z.shape
+        packed = FluxPipeline._pack_latents(z, batch, channels, height, width)
+        img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, z.device, self.dtype)
+        txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=z.device, dtype=self.dtype)
+        guidance = None
+        if self.guidance_embeds:
+            value = DEFAULT_EMBEDDED_GUIDANCE if cond.embedded_guidance is None else cond.embedded_guidance
+            guidance = torch.full((batch,), value, device=z.device, dtype=torch.float32)
+        v = self.network(
+            hidden_states=packed,
+            encoder_hidden_states=prompt_embeds,
+            pooled_projections=pooled_embeds,
+            timestep=sigma.to(self.dtype),
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return FluxPipeline._unpack_latents(v, height, width, 1)
+
+
+def packed_seq_len(latent_height: int, latent_width: int) -> int:
+    """Number of packed 2×2 latent tokens: the image_seq_len of FLUX's dynamic schedule shift."""
+    return (latent_height // 2) * (latent_width // 2)

@@ -1,0 +1,177 @@
+"""Load a LOCAL diffusers folder (SD3 or FLUX pipeline, or a bare transformer) into a FlowModel.
+
+Accepted layouts: a pipeline folder (model_index.json + transformer/ [+ vae/, scheduler/, text
+encoders]) or a transformer folder (config.json + weights). Nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+
+from fastinv.errors import FastinvError
+from fastinv.models.base import FlowModel, LatentCodec, PromptEncoder
+from fastinv.models.codecs import IdentityCodec, VaeCodec
+from fastinv.models.flux import FluxVelocity, packed_seq_len
+from fastinv.models.prompts import MissingPrompts, PipelinePrompts, PrecomputedPrompts
+from fastinv.models.sd3 import SD3Velocity
+from fastinv.schedule import FLUX_SCHEDULER_DEFAULTS, SD3_SCHEDULER_DEFAULTS
+
+FAMILIES = {
+    "SD3Transformer2DModel": "sd3",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxTransformer2DModel": "flux",
+    "FluxPipeline": "flux",
+}
+TEXT_COMPONENTS = {
+    "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3"),
+    "flux": ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+}
+REQUIRED_TEXT = {"sd3": ("text_encoder", "text_encoder_2"), "flux": ("text_encoder", "text_encoder_2")}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FastinvError(f"cannot read {path}: {err}") from err
+
+
+def _family(class_name: str, source: Path) -> str:
+    if class_name not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
+        raise FastinvError(f"unsupported model type {class_name!r} in {source} (supported: {supported})")
+    return FAMILIES[class_name]
+
+
+def inspect_folder(model_dir: Path) -> tuple[str, Path, dict[str, Any] | None]:
+    """(family, transformer folder, model_index or None) of a model folder; errors name what is missing."""
+    if not model_dir.exists():
+        raise FastinvError(f"model folder not found: {model_dir}")
+    if not model_dir.is_dir():
+        raise FastinvError(f"model path is not a folder: {model_dir}")
+    index_path = model_dir / "model_index.json"
+    if index_path.is_file():
+        index = _read_json(index_path)
+        family = _family(index.get("_class_name", "?"), index_path)
+        transformer_dir = model_dir / "transformer"
+        if not (transformer_dir / "config.json").is_file():
+            raise FastinvError(f"incomplete model folder {model_dir}: no transformer/config.json")
+        _family(_read_json(transformer_dir / "config.json").get("_class_name", "?"), transformer_dir)
+        return family, transformer_dir, index
+    config_path = model_dir / "config.json"
+    if config_path.is_file():
+        return _family(_read_json(config_path).get("_class_name", "?"), config_path), model_dir, None
+    raise FastinvError(
+        f"{model_dir} is not a diffusers model folder (no model_index.json, transformer/ or config.json)"
+    )
+
+
+def _load(what: str, loader: Any, folder: Path, dtype: torch.dtype, **kwargs: Any) -> Any:
+    try:
+        return loader.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FastinvError(f"incomplete model folder {folder}: cannot load {what}: {reason}") from err
+
+
+def _has_component(model_dir: Path, index: dict[str, Any] | None, name: str) -> bool:
+    entry = None if index is None else index.get(name)
+    return isinstance(entry, list) and entry[0] is not None and (model_dir / name).is_dir()
+
+
+def _prompt_encoder(
+    family: str,
+    model_dir: Path,
+    index: dict[str, Any] | None,
+    embeddings: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> PromptEncoder:
+    if embeddings is not None:
+        return PrecomputedPrompts(embeddings)
+    if not all(_has_component(model_dir, index, name) for name in REQUIRED_TEXT[family]):
+        return MissingPrompts(model_dir)
+    absent = {n: None for n in TEXT_COMPONENTS[family] if not _has_component(model_dir, index, n)}
+    pipeline_cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
+    pipeline = _load("text encoders", pipeline_cls, model_dir, dtype, transformer=None, vae=None, **absent)
+    return PipelinePrompts(pipeline.to(device), family, device)
+
+
+def load_model(
+    model_dir: str | Path,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    embeddings: str | Path | None = None,
+) -> FlowModel:
+    """Load an SD3 or FLUX folder: transformer, VAE (or identity for 3-channel pixel models),
+    scheduler config (family defaults when absent) and a prompt encoder."""
+    model_dir = Path(model_dir)
+    device = device or torch.device("cpu")
+    family, transformer_dir, index = inspect_folder(model_dir)
+    notes: list[str] = []
+    network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
+    network = _load("the transformer", network_cls, transformer_dir, dtype).to(device).eval()
+    in_channels = network.config.in_channels if family == "sd3" else network.config.in_channels // 4
+
+    codec: LatentCodec
+    if index is not None and _has_component(model_dir, index, "vae"):
+        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device).eval()
+        codec = VaeCodec(vae, dtype)
+        if codec.channels != in_channels:
+            raise FastinvError(
+                f"{model_dir}: VAE latents have {codec.channels} channels, the transformer {in_channels}"
+            )
+    elif in_channels == 3:
+        codec = IdentityCodec()
+        notes.append("pixel-space model: no VAE, latents are RGB in [-1, 1]")
+    else:
+        raise FastinvError(
+            f"{model_dir} has no vae/ folder and its transformer takes {in_channels}-channel latents"
+        )
+
+    scheduler_file = model_dir / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        scheduler_config = _read_json(scheduler_file)
+    else:
+        scheduler_config = dict(SD3_SCHEDULER_DEFAULTS if family == "sd3" else FLUX_SCHEDULER_DEFAULTS)
+        notes.append(f"no scheduler/ folder: using {family.upper()} defaults {scheduler_config}")
+
+    embeddings_path = Path(embeddings) if embeddings is not None else None
+    if embeddings_path is None and (model_dir / "prompt_embeds.safetensors").is_file():
+        embeddings_path = model_dir / "prompt_embeds.safetensors"
+    prompts = _prompt_encoder(family, model_dir, index, embeddings_path, device, dtype)
+
+    if family == "sd3":
+        velocity = SD3Velocity(network, dtype)
+        patch = network.config.patch_size
+        max_side = velocity.max_side * codec.scale_factor
+        seq_len = None
+    else:
+        velocity = FluxVelocity(network, dtype)
+        patch, max_side, seq_len = 2, None, packed_seq_len
+    return FlowModel(
+        name=str(model_dir),
+        family=family,
+        velocity=velocity,
+        codec=codec,
+        prompt_encoder=prompts,
+        scheduler_config=scheduler_config,
+        size_multiple=codec.scale_factor * patch,
+        max_side=max_side,
+        device=device,
+        dtype=dtype,
+        notes=notes,
+        schedule_seq_len=seq_len,
+    )
