@@ -8,7 +8,6 @@ print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,20 +68,8 @@ class Inverter:
 
     def prepare_image(self, image: ImageSource) -> LoadedImage:
         """Load and fit an image to the model: sides cropped to its multiple, shrunk past its maximum."""
-        size = None
-        if self.model.max_side is not None:
-            probe = load_image(image)
-            width, height = probe.pixels.shape[-1], probe.pixels.shape[-2]
-            if max(width, height) > self.model.max_side:
-                scale = self.model.max_side / max(width, height)
-                step = self.model.size_multiple
-                size = (
-                    max(step, math.floor(width * scale / step) * step),
-                    max(step, math.floor(height * scale / step) * step),
-                )
-        return load_image(
-            image, multiple=self.model.size_multiple, min_size=self.model.size_multiple, size=size
-        )
+        step = self.model.size_multiple
+        return load_image(image, multiple=step, min_size=step, max_side=self.model.max_side)
 
     def invert(
         self,

@@ -49,6 +49,7 @@ def load_image(
     multiple: int = 1,
     min_size: int = 1,
     size: tuple[int, int] | None = None,
+    max_side: int | None = None,
 ) -> LoadedImage:
     """Load an image file, PIL image or array as RGB pixels [1,3,H,W] float32 in [-1,1].
 
@@ -59,7 +60,8 @@ def load_image(
 
     With ``size=(W, H)`` the image is scaled (Lanczos, antialiased) so that it covers W×H, then
     center-cropped to exactly W×H. Otherwise each side is center-cropped down to a multiple of
-    ``multiple``; the image is never resized.
+    ``multiple``; the image is resized only when a side exceeds ``max_side``: then it is scaled down,
+    aspect kept, to the largest multiple-of-``multiple`` size within ``max_side``.
 
     Raises FastinvError if the file is missing or unreadable, or a side is below ``min_size`` (or,
     without ``size``, below ``multiple``).
@@ -87,6 +89,9 @@ def load_image(
     if w < need or h < need:
         raise _error(f"image {name} is {w}×{h} px; this model needs at least {need}×{need} px")
 
+    if size is None and max_side is not None and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        size = tuple(max(multiple, math.floor(side * scale / multiple) * multiple) for side in (w, h))
     if size is None:
         cw, ch = w - w % multiple, h - h % multiple
         if (cw, ch) != (w, h):

@@ -515,3 +515,11 @@ def test_latents_errors(tmp_path: Path) -> None:
     with pytest.raises(FastinvError) as excinfo:
         load_latents(wrong)
     assert_one_line_error(excinfo, str(wrong), "other/9")
+
+
+def test_max_side_shrinks_to_multiples_keeping_aspect() -> None:
+    img = load_image(np.zeros((300, 451, 3), np.uint8), multiple=16, max_side=256)
+    assert img.pixels.shape[-2:] == (160, 256)
+    assert any("resized" in note for note in img.notes)
+    small = load_image(np.zeros((100, 120, 3), np.uint8), multiple=16, max_side=256)
+    assert small.pixels.shape[-2:] == (96, 112)
