@@ -67,9 +67,12 @@ class Inverter:
         self.model = model
 
     def prepare_image(self, image: ImageSource) -> LoadedImage:
-        """Load and fit an image to the model: sides cropped to its multiple, shrunk past its maximum."""
+        """Load and fit an image to the model: resized and cropped to a fixed-resolution model's size;
+        otherwise sides cropped to the model's multiple and shrunk past its maximum."""
         step = self.model.size_multiple
-        return load_image(image, multiple=step, min_size=step, max_side=self.model.max_side)
+        return load_image(
+            image, multiple=step, min_size=step, size=self.model.resolution, max_side=self.model.max_side
+        )
 
     def invert(
         self,
@@ -125,14 +128,17 @@ class Inverter:
 
 
 def load(
-    model_dir: str | Path,
+    model_dir: str | Path | None = None,
     *,
     device: str = "auto",
     dtype: str = "auto",
     embeddings: str | Path | None = None,
 ) -> Inverter:
-    """Load a local diffusers folder (SD3, FLUX) for inversion. device: auto|cpu|cuda[:N];
-    dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16; embeddings: precomputed prompts file."""
+    """Load a local diffusers folder (SD3, FLUX; None: the shipped default model) for inversion.
+
+    device: auto | cpu | cuda[:N]; dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16;
+    embeddings: a precomputed prompt-embeddings file, for folders without text encoders.
+    """
     torch_device = resolve_device(device)
     model = load_model(
         model_dir, device=torch_device, dtype=resolve_dtype(dtype, torch_device), embeddings=embeddings

@@ -56,10 +56,16 @@ def _output_names(images: list[Path]) -> dict[Path, str]:
 
 @app.command()
 def invert(
-    images: Annotated[list[Path], typer.Argument(help="Image files (any format PIL reads).")],
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files (any format PIL reads).")] = None,
     model: Annotated[
-        Path, typer.Option(help="Local diffusers folder: SD3 or FLUX pipeline, or a transformer.")
-    ],
+        Path | None,
+        typer.Option(
+            help="Local diffusers folder (SD3/FLUX pipeline or transformer); default: the shipped model."
+        ),
+    ] = None,
+    example: Annotated[
+        bool, typer.Option("--example", help="Also invert the photo shipped with fastinv.")
+    ] = False,
     method: Annotated[str, typer.Option(help="Inversion method (see `fastinv info`).")] = "euler",
     steps: Annotated[int, typer.Option(help="Number of schedule steps N.")] = 28,
     prompt: Annotated[str, typer.Option(help="Prompt used for inversion and reconstruction.")] = "",
@@ -78,12 +84,16 @@ def invert(
     _quiet_libraries()
     from fastinv.api import load
     from fastinv.methods import get_method
+    from fastinv.models import EXAMPLE_IMAGE
 
     if steps < 1:
         raise FastinvError(f"--steps must be at least 1, got {steps}")
     get_method(method)
+    images = [*(images or []), *([EXAMPLE_IMAGE] if example else [])]
+    if not images:
+        raise FastinvError("no images given: name image files, or pass --example for the shipped photo")
     names = _output_names(images)
-    with console.status(f"loading {model}"):
+    with console.status(f"loading {model or 'the shipped default model'}"):
         inverter = load(model, device=device, dtype=dtype, embeddings=embeddings)
     loaded = {image: inverter.prepare_image(image) for image in images}
     for note in inverter.model.notes:

@@ -97,7 +97,8 @@ class FlowModel:
     """Everything loaded from one model folder: the velocity network and what surrounds it.
 
     family: "sd3" or "flux"; size_multiple: pixel sides must be multiples of it (VAE factor × patch);
-    max_side: largest pixel side the positional embedding covers (None: unbounded).
+    max_side: largest pixel side the positional embedding covers (None: unbounded);
+    resolution: (W, H) for fixed-resolution models (images are resized and center-cropped to it), else None.
     """
 
     name: str
@@ -110,6 +111,7 @@ class FlowModel:
     max_side: int | None
     device: torch.device
     dtype: torch.dtype
+    resolution: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     schedule_seq_len: Callable[[int, int], int] | None = None
     _prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(

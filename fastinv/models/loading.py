@@ -23,15 +23,23 @@ from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel, LatentCodec, PromptEncoder
 from fastinv.models.codecs import IdentityCodec, VaeCodec
 from fastinv.models.flux import FluxVelocity, packed_seq_len
+from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.models.prompts import MissingPrompts, PipelinePrompts, PrecomputedPrompts
 from fastinv.models.sd3 import SD3Velocity
 from fastinv.schedule import FLUX_SCHEDULER_DEFAULTS, SD3_SCHEDULER_DEFAULTS
 
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "default_model"
+"""The small trained model shipped inside the package (see its README.md model card)."""
+EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg"
+"""A photo shipped with the package (skimage's coffee, held out of the default model's training)."""
+PIXEL_PIPELINE = "FastinvPixelFlowPipeline"
+"""A pixel-space SD3 transformer with a packaged sentence encoder (the shipped default model's layout)."""
 FAMILIES = {
     "SD3Transformer2DModel": "sd3",
     "StableDiffusion3Pipeline": "sd3",
     "FluxTransformer2DModel": "flux",
     "FluxPipeline": "flux",
+    PIXEL_PIPELINE: "sd3",
 }
 TEXT_COMPONENTS = {
     "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3"),
@@ -100,6 +108,9 @@ def _prompt_encoder(
 ) -> PromptEncoder:
     if embeddings is not None:
         return PrecomputedPrompts(embeddings)
+    spec = model_dir / "text_encoder" / SPEC_FILE
+    if spec.is_file():
+        return SentenceEncoderPrompts(SentenceEncoderSpec.read(spec), device)
     if not all(_has_component(model_dir, index, name) for name in REQUIRED_TEXT[family]):
         return MissingPrompts(model_dir)
     absent = {n: None for n in TEXT_COMPONENTS[family] if not _has_component(model_dir, index, n)}
@@ -109,15 +120,17 @@ def _prompt_encoder(
 
 
 def load_model(
-    model_dir: str | Path,
+    model_dir: str | Path | None = None,
     *,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     embeddings: str | Path | None = None,
 ) -> FlowModel:
     """Load an SD3 or FLUX folder: transformer, VAE (or identity for 3-channel pixel models),
-    scheduler config (family defaults when absent) and a prompt encoder."""
-    model_dir = Path(model_dir)
+    scheduler config (family defaults when absent) and a prompt encoder. None: the shipped default model."""
+    if model_dir is None and not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise FastinvError(f"the shipped default model is missing from this install ({DEFAULT_MODEL})")
+    model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
     device = device or torch.device("cpu")
     family, transformer_dir, index = inspect_folder(model_dir)
     notes: list[str] = []
@@ -170,6 +183,7 @@ def load_model(
         scheduler_config=scheduler_config,
         size_multiple=codec.scale_factor * patch,
         max_side=max_side,
+        resolution=None if index is None or "resolution" not in index else tuple(index["resolution"]),
         device=device,
         dtype=dtype,
         notes=notes,

@@ -1,0 +1,241 @@
+"""Train the default model: a pixel-space SD3Transformer2DModel, rectified flow, on skimage photos.
+
+    python -m fastinv.training.rectified_flow --config fastinv/training/default_model.json --out DIR
+
+Recipe: z_σ = (1 − σ)·x0 + σ·ε with σ = sigmoid(N(0, s²)) (logit-normal), target v = ε − x0, MSE;
+random crops (side = resolution × U_log(crop_scale), capped by the photo) resized to the resolution,
+horizontal flips; captions encoded once by all-MiniLM-L6-v2, replaced by "" with p = caption_dropout
+(so classifier-free guidance works); AdamW with linear warm-up, gradient clipping, EMA weights saved.
+Uses CUDA (bf16 autocast) when available. The output is a model folder fastinv loads like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
+from fastinv.training.photos import CAPTIONS, TRAIN, photo_tensor
+
+PIPELINE_CLASS = "FastinvPixelFlowPipeline"
+TEXT_DIM = 384
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (see default_model.json)."""
+
+    seed: int = 0
+    resolution: int = 64
+    patch_size: int = 4
+    num_layers: int = 6
+    num_attention_heads: int = 3
+    attention_head_dim: int = 64
+    text_max_length: int = 16
+    batch_size: int = 32
+    steps: int = 1800
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    crop_scale: tuple[float, float] = (1.0, 8.0)
+    logit_normal_std: float = 1.0
+    shift: float = 1.0
+    log_every: int = 25
+    save_every: int = 400
+
+    @classmethod
+    def read(cls, path: Path) -> TrainConfig:
+        values = json.loads(path.read_text())
+        values["crop_scale"] = tuple(values.get("crop_scale", cls.crop_scale))
+        return cls(**values)
+
+
+def build_transformer(config: TrainConfig) -> SD3Transformer2DModel:
+    """The pixel-space SD3 transformer: RGB in and out, text width 384 (MiniLM)."""
+    width = config.num_attention_heads * config.attention_head_dim
+    return SD3Transformer2DModel(
+        sample_size=config.resolution,
+        patch_size=config.patch_size,
+        in_channels=3,
+        out_channels=3,
+        num_layers=config.num_layers,
+        attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=TEXT_DIM,
+        caption_projection_dim=width,
+        pooled_projection_dim=TEXT_DIM,
+        pos_embed_max_size=config.resolution // config.patch_size,
+    )
+
+
+class CropSampler:
+    """Random crops of the photos: side = resolution·U_log(lo, hi) (≤ the photo), resized, flipped."""
+
+    def __init__(self, config: TrainConfig, generator: torch.Generator) -> None:
+        self.photos = [photo_tensor(name) for name in TRAIN]
+        self.config = config
+        self.generator = generator
+
+    def _uniform(self) -> float:
+        return torch.rand((), generator=self.generator).item()
+
+    def crop(self, index: int) -> torch.Tensor:
+        photo = self.photos[index]
+        height, width = photo.shape[-2:]
+        lo, hi = (math.log(s) for s in self.config.crop_scale)
+        side = min(round(self.config.resolution * math.exp(lo + (hi - lo) * self._uniform())), height, width)
+        top = int(self._uniform() * (height - side + 1))
+        left = int(self._uniform() * (width - side + 1))
+        patch = photo[:, top : top + side, left : left + side][None]
+        size = (self.config.resolution, self.config.resolution)
+        patch = F.interpolate(patch, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return patch.flip(-1) if self._uniform() < 0.5 else patch
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels [B, 3, R, R] in [-1, 1] and the photo index of each crop [B]."""
+        indices = torch.randint(len(self.photos), (self.config.batch_size,), generator=self.generator)
+        return torch.stack([self.crop(int(i)) for i in indices]).clamp(-1, 1), indices
+
+
+def write_model_folder(out: Path, transformer: SD3Transformer2DModel, config: TrainConfig) -> None:
+    """Write a diffusers-style folder: transformer/, scheduler/, text_encoder/ spec, model_index.json."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    transformer.save_pretrained(tmp / "transformer")
+    FlowMatchEulerDiscreteScheduler(shift=config.shift).save_pretrained(tmp / "scheduler")
+    (tmp / "text_encoder").mkdir()
+    SentenceEncoderSpec(max_length=config.text_max_length).write(tmp / "text_encoder" / SPEC_FILE)
+    index = {
+        "_class_name": PIPELINE_CLASS,
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["fastinv", "SentenceEncoderPrompts"],
+        "resolution": [config.resolution, config.resolution],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if out.exists():
+        for name in ("transformer", "scheduler", "text_encoder", "model_index.json"):
+            target = out / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            (tmp / name).rename(target)
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+
+
+def plot_loss(rows: list[dict[str, float]], path: Path) -> None:
+    """Loss curve PNG (raw per-log-interval mean and its running average)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in rows], lw=1, label="loss (mean over log interval)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE of v")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train(config: TrainConfig, out: Path, device: torch.device | None = None) -> dict[str, float]:
+    """Run the recipe; write the EMA model folder and training/{config.json, loss.csv, loss.png, log.json}."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    encoder = SentenceEncoderPrompts(SentenceEncoderSpec(max_length=config.text_max_length))
+    prompts = ["", *(CAPTIONS[name] for name in TRAIN)]
+    states, pooled = (t.to(device) for t in encoder.encode(prompts))
+    sampler = CropSampler(config, generator)
+    model = build_transformer(config).to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    (out / "training").mkdir(parents=True, exist_ok=True)
+    (out / "training" / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    rows: list[dict[str, float]] = []
+    window: list[float] = []
+    start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        x0, photo = sampler.batch()
+        x0 = x0.to(device)
+        keep = torch.rand(config.batch_size, generator=generator) >= config.caption_dropout
+        text = torch.where(keep, photo + 1, torch.zeros_like(photo)).to(device)
+        sigma = torch.sigmoid(torch.randn(config.batch_size, generator=generator) * config.logit_normal_std)
+        sigma = sigma.to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        z = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
+        with autocast:
+            v = model(z, states[text], pooled[text], timestep=sigma * 1000, return_dict=False)[0]
+        loss = F.mse_loss(v.float(), noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - config.ema_decay)
+        window.append(loss.item())
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - start
+            rows.append({"step": step, "loss": sum(window) / len(window), "seconds": elapsed})
+            window.clear()
+            print(
+                f"step {step}/{config.steps} loss {rows[-1]['loss']:.4f} {step / elapsed:.2f} steps/s",
+                flush=True,
+            )
+        if step % config.save_every == 0 or step == config.steps:
+            write_model_folder(out, ema, config)
+            with (out / "training" / "loss.csv").open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["step", "loss", "seconds"])
+                writer.writeheader()
+                writer.writerows(rows)
+            plot_loss(rows, out / "training" / "loss.png")
+    summary = {
+        "steps": config.steps,
+        "seconds": time.perf_counter() - start,
+        "first_loss": rows[0]["loss"],
+        "final_loss": rows[-1]["loss"],
+        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "torch": torch.__version__,
+    }
+    (out / "training" / "log.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path(__file__).with_name("default_model.json"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, help="override the config's step count")
+    args = parser.parse_args()
+    config = TrainConfig.read(args.config)
+    if args.steps is not None:
+        config = TrainConfig(**{**asdict(config), "steps": args.steps})
+    print(json.dumps(train(config, args.out), indent=2))
+
+
+if __name__ == "__main__":
+    main()
