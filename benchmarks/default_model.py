@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -87,7 +88,7 @@ def sample_grid(inv: Inverter, plan: Plan, path: Path) -> dict[str, Any]:
             if row == 0:
                 ax.set_title(f"seed {seed}", fontsize=9)
             if col == 0:
-                ax.set_ylabel(prompt.replace(" with ", "\nwith ").replace(" on ", "\non "), fontsize=8)
+                ax.set_ylabel(textwrap.fill(prompt, 20), fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(f"default model: {plan.sample_steps} Euler steps, CFG {plan.guidance}", fontsize=10)
     fig.tight_layout()
     with atomic_write(path) as tmp:

@@ -174,6 +174,10 @@ def info() -> None:
     table.add_row("cpu threads", str(torch.get_num_threads()))
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     table.add_row("cuda devices", ", ".join(gpus) if gpus else "none")
+    from fastinv.models import DEFAULT_MODEL
+
+    shipped = "present" if (DEFAULT_MODEL / "model_index.json").is_file() else "missing"
+    table.add_row("default model", f"{DEFAULT_MODEL} ({shipped})")
     table.add_row("engines", "torch")
     table.add_row("methods", ", ".join(METHODS))
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")
