@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from fastinv.errors import FastinvError
 
@@ -39,6 +38,8 @@ def flow_sigmas(
         raise FastinvError(f"steps must be at least 1, got {steps}")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     if scheduler.config.use_dynamic_shifting:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # imports transformers: only here
+
         if image_seq_len is None:
             raise ValueError("a dynamically shifted schedule needs image_seq_len")
         mu = calculate_shift(

@@ -11,18 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-)
+from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
 from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel, LatentCodec, PromptEncoder
 from fastinv.models.codecs import IdentityCodec, VaeCodec
-from fastinv.models.flux import FluxVelocity, packed_seq_len
 from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.models.prompts import MissingPrompts, PipelinePrompts, PrecomputedPrompts
 from fastinv.models.sd3 import SD3Velocity
@@ -113,6 +106,8 @@ def _prompt_encoder(
         return SentenceEncoderPrompts(SentenceEncoderSpec.read(spec), device)
     if not all(_has_component(model_dir, index, name) for name in REQUIRED_TEXT[family]):
         return MissingPrompts(model_dir)
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline  # loads transformers' text models
+
     absent = {n: None for n in TEXT_COMPONENTS[family] if not _has_component(model_dir, index, n)}
     pipeline_cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
     pipeline = _load("text encoders", pipeline_cls, model_dir, dtype, transformer=None, vae=None, **absent)
@@ -172,6 +167,8 @@ def load_model(
         max_side = velocity.max_side * codec.scale_factor
         seq_len = None
     else:
+        from fastinv.models.flux import FluxVelocity, packed_seq_len  # FluxPipeline's packing helpers
+
         velocity = FluxVelocity(network, dtype)
         patch, max_side, seq_len = 2, None, packed_seq_len
     return FlowModel(

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DiffusionPipeline
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fastinv.errors import FastinvError
 from fastinv.io import atomic_write
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 EMBEDDINGS_FORMAT = "fastinv-prompts/1"
 
