@@ -69,8 +69,8 @@ class TransformerVelocity:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Differentiable in z (the weights are frozen): callers choose no_grad or, e.g. PreciseInv, grad."""
         batch = z.shape[0]
 
         def expand(t: torch.Tensor | None) -> torch.Tensor | None:

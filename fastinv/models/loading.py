@@ -131,11 +131,12 @@ def load_model(
     notes: list[str] = []
     network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
     network = _load("the transformer", network_cls, transformer_dir, dtype).to(device).eval()
+    network.requires_grad_(False)
     in_channels = network.config.in_channels if family == "sd3" else network.config.in_channels // 4
 
     codec: LatentCodec
     if index is not None and _has_component(model_dir, index, "vae"):
-        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device).eval()
+        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device).eval().requires_grad_(False)
         codec = VaeCodec(vae, dtype)
         if codec.channels != in_channels:
             raise FastinvError(
