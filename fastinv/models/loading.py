@@ -136,7 +136,8 @@ def load_model(
 
     codec: LatentCodec
     if index is not None and _has_component(model_dir, index, "vae"):
-        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device).eval().requires_grad_(False)
+        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device).eval()
+        vae.requires_grad_(False)
         codec = VaeCodec(vae, dtype)
         if codec.channels != in_channels:
             raise FastinvError(
