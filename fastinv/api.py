@@ -20,7 +20,7 @@ from fastinv.conditioning import Conditioning
 from fastinv.device import resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.io import LoadedImage, load_image, pixels_to_pil
-from fastinv.methods import InversionResult, StepCallback, get_method
+from fastinv.methods import InversionResult, StepCallback, check_options, get_method
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
@@ -43,6 +43,7 @@ class Inversion:
     cond: Conditioning
     image: LoadedImage
     x0: torch.Tensor
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def z_T(self) -> torch.Tensor:
@@ -91,6 +92,7 @@ class Inverter:
         if steps < 1:
             raise FastinvError(f"steps must be at least 1, got {steps}")
         invert = get_method(method)
+        check_options(method, options)
         loaded = image if isinstance(image, LoadedImage) else self.prepare_image(image)
         cond = self.model.conditioning(prompt, guidance, embedded_guidance)
         x0 = self.model.codec.encode(loaded.pixels.to(self.model.device))
@@ -104,7 +106,7 @@ class Inverter:
             keep_trajectory=keep_trajectory,
             **options,
         )
-        return Inversion(result, method, steps, sigmas, cond, loaded, x0)
+        return Inversion(result, method, steps, sigmas, cond, loaded, x0, options)
 
     def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
         """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""

@@ -68,6 +68,10 @@ def invert(
     ] = False,
     method: Annotated[str, typer.Option(help="Inversion method (see `fastinv info`).")] = "euler",
     steps: Annotated[int, typer.Option(help="Number of schedule steps N.")] = 28,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. iterations=4."),
+    ] = None,
     prompt: Annotated[str, typer.Option(help="Prompt used for inversion and reconstruction.")] = "",
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
     embedded_guidance: Annotated[
@@ -83,12 +87,12 @@ def invert(
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
     _quiet_libraries()
     from fastinv.api import load
-    from fastinv.methods import get_method
+    from fastinv.methods import parse_options
     from fastinv.models import EXAMPLE_IMAGE
 
     if steps < 1:
         raise FastinvError(f"--steps must be at least 1, got {steps}")
-    get_method(method)
+    method_options = parse_options(method, set_ or [])
     images = [*(images or []), *([EXAMPLE_IMAGE] if example else [])]
     if not images:
         raise FastinvError("no images given: name image files, or pass --example for the shipped photo")
@@ -103,7 +107,7 @@ def invert(
     for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
         table.add_column(column, justify="left" if column == "image" else "right")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    options = {"prompt": prompt, "method": method, "steps": steps, "guidance": guidance}
+    options = {"prompt": prompt, "method": method, "steps": steps, "guidance": guidance, **method_options}
     with Progress(*columns, console=console, transient=True) as progress:
         for image, picture in loaded.items():
             for note in picture.notes:

@@ -25,6 +25,7 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
         "size": [image.pixels.shape[-1], image.pixels.shape[-2]],
         "image_notes": image.notes,
         "method": inversion.method,
+        "method_options": inversion.options,
         "steps": inversion.steps,
         "sigmas": inversion.sigmas.tolist(),
         "prompt": inversion.cond.prompt,

@@ -118,6 +118,7 @@ def test_info(capsys) -> None:
     [
         (["--steps", "0"], "--steps must be at least 1"),
         (["--method", "magic"], "unknown method 'magic'"),
+        (["--set", "iterations=3"], "method 'euler' has no option iterations"),
         (["--device", "cuda"], "sees no CUDA GPU"),
         (["--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["--model", "/nonexistent/model"], "model folder not found: /nonexistent/model"),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods import METHODS, get_method, invert_euler
+from fastinv.methods import METHODS, get_method, invert_euler, method_options, parse_options
 from fastinv.sampling import sample_euler
 from fastinv.schedule import flow_sigmas
 
@@ -85,3 +85,12 @@ def test_registry() -> None:
     assert "euler" in METHODS
     with pytest.raises(FastinvError, match="unknown method 'nope'"):
         get_method("nope")
+
+
+def test_options_are_checked_against_the_signature() -> None:
+    assert method_options("euler") == {}
+    assert parse_options("euler", []) == {}
+    with pytest.raises(FastinvError, match="method 'euler' has no option iterations"):
+        parse_options("euler", ["iterations=4"])
+    with pytest.raises(FastinvError, match="KEY=VALUE"):
+        parse_options("euler", ["iterations"])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+from typing import Any
+
 from fastinv.errors import FastinvError
 from fastinv.methods.base import InversionMethod, InversionResult, NFECounter, StepCallback
 from fastinv.methods.euler import invert_euler
@@ -16,12 +20,46 @@ def get_method(name: str) -> InversionMethod:
     return METHODS[name]
 
 
+def method_options(name: str) -> dict[str, Any]:
+    """The tunable keyword options of method `name` with their defaults (not callback/keep_trajectory)."""
+    parameters = inspect.signature(get_method(name)).parameters.values()
+    fixed = {"callback", "keep_trajectory"}
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in fixed}
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` unchanged if method `name` takes them all; a one-line error naming the unknown ones."""
+    known = method_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        accepted = ", ".join(known) or "none"
+        raise FastinvError(f"method {name!r} has no option {', '.join(unknown)} (its options: {accepted})")
+    return options
+
+
+def parse_options(name: str, pairs: list[str]) -> dict[str, Any]:
+    """CLI `--set KEY=VALUE` pairs → options; values are JSON when they parse (1, 0.5, [0.1, 0.2], true)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise FastinvError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return check_options(name, options)
+
+
 __all__ = [
     "METHODS",
     "InversionMethod",
     "InversionResult",
     "NFECounter",
     "StepCallback",
+    "check_options",
     "get_method",
     "invert_euler",
+    "method_options",
+    "parse_options",
 ]
