@@ -109,11 +109,19 @@ def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else statistics.mean(values)
 
 
-def invert_photos(inv: Inverter, photos: tuple[str, ...], steps: int, captions: bool) -> dict[str, Any]:
-    """Euler-invert each photo (prompt "" or its caption, guidance 1), regenerate from z_T, and score it."""
+def invert_photos(
+    inv: Inverter,
+    photos: tuple[str, ...],
+    steps: int,
+    captions: bool,
+    method: str = "euler",
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Invert each photo (prompt "" or its caption, guidance 1), regenerate from z_T, and score it."""
     per_photo = {}
     for name in photos:
-        res = inv.invert(load_photo(name), prompt=CAPTIONS[name] if captions else "", steps=steps)
+        prompt = CAPTIONS[name] if captions else ""
+        res = inv.invert(load_photo(name), prompt=prompt, steps=steps, method=method, **(options or {}))
         rec = inv.reconstruct(res)
         metrics = inv.evaluate(res, rec)
         per_photo[name] = {

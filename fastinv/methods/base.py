@@ -74,3 +74,39 @@ class Stopwatch:
 def sigma_batch(sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Scalar σ (float64 schedule entry) → [B] float32 on z's device."""
     return sigma.to(device=z.device, dtype=torch.float32).expand(z.shape[0])
+
+
+class InversionRun:
+    """The bookkeeping every method shares, so its function holds only the update rule.
+
+    `run.model` counts NFE; `run.step(i, sigma, sigma_next, z, **extra)` keeps the trajectory and calls the
+    callback with {"i", "sigma", "sigma_next", "z", "nfe", **extra}; `run.result(z)` stops the clock.
+    """
+
+    def __init__(
+        self, model: VelocityModel, x0: torch.Tensor, callback: StepCallback | None, keep_trajectory: bool
+    ) -> None:
+        self.model = NFECounter(model)
+        self.clock = Stopwatch(x0.device)
+        self.callback = callback
+        self.trajectory = [x0.float()] if keep_trajectory else None
+
+    def step(
+        self, i: int, sigma: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor, **extra: Any
+    ) -> None:
+        if self.trajectory is not None:
+            self.trajectory.append(z)
+        if self.callback is not None:
+            info = {
+                "i": i,
+                "sigma": float(sigma),
+                "sigma_next": float(sigma_next),
+                "z": z,
+                "nfe": self.model.calls,
+            }
+            self.callback(info | extra)
+
+    def result(self, z: torch.Tensor) -> InversionResult:
+        return InversionResult(
+            z_T=z, nfe=self.model.calls, seconds=self.clock.seconds(), trajectory=self.trajectory
+        )

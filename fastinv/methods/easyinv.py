@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, NFECounter, StepCallback, Stopwatch, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
 from fastinv.models.base import VelocityModel
 
 PAPER = {"eta": 0.5, "window": (0.05, 0.25)}
@@ -40,23 +40,17 @@ def invert_easyinv(
     eta: weight of the new latent; window: (start, end) fractions of the N steps from the clean end.
     Defaults are PAPER; SDXL_CODE is the other published preset.
     """
-    model, clock = NFECounter(model), Stopwatch(x0.device)
+    run = InversionRun(model, x0, callback, keep_trajectory)
     n, (start, end) = len(sigmas) - 1, window
     z = x0.float()
     z_prev = z
-    trajectory = [z] if keep_trajectory else None
     for i in reversed(range(n)):
         sigma, sigma_next = sigmas[i + 1], sigmas[i]
-        v = model(z, sigma_batch(sigma, z), cond)
+        v = run.model(z, sigma_batch(sigma, z), cond)
         # Kalman-style aggregation with the previous step's latent, inside the window only
         if start * n < n - 1 - i < end * n:
             z = eta * z + (1 - eta) * z_prev
         z_prev = z
         z = z + float(sigma_next - sigma) * v
-        if trajectory is not None:
-            trajectory.append(z)
-        if callback is not None:
-            callback(
-                {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
-            )
-    return InversionResult(z_T=z, nfe=model.calls, seconds=clock.seconds(), trajectory=trajectory)
+        run.step(i, sigma, sigma_next, z)
+    return run.result(z)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, NFECounter, StepCallback, Stopwatch, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
 from fastinv.models.base import VelocityModel
 
 
@@ -24,18 +24,12 @@ def invert_euler(
     x0: [B, C, H, W] clean latents; sigmas: N+1 float64 sigmas in sampling order (1 → 0).
     Step: z(σ_i) = z(σ_{i+1}) + (σ_i − σ_{i+1})·v(z(σ_{i+1}), σ_{i+1}).
     """
-    model, clock = NFECounter(model), Stopwatch(x0.device)
+    run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
-    trajectory = [z] if keep_trajectory else None
     for i in reversed(range(len(sigmas) - 1)):
         sigma, sigma_next = sigmas[i + 1], sigmas[i]
-        v = model(z, sigma_batch(sigma, z), cond)
+        v = run.model(z, sigma_batch(sigma, z), cond)
         # Euler step, upward in σ
         z = z + float(sigma_next - sigma) * v
-        if trajectory is not None:
-            trajectory.append(z)
-        if callback is not None:
-            callback(
-                {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
-            )
-    return InversionResult(z_T=z, nfe=model.calls, seconds=clock.seconds(), trajectory=trajectory)
+        run.step(i, sigma, sigma_next, z)
+    return run.result(z)

@@ -8,7 +8,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, NFECounter, StepCallback, Stopwatch, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
 from fastinv.models.base import VelocityModel
 
 
@@ -28,30 +28,24 @@ def invert_renoise(
 
     h = σ_i − σ_{i+1} > 0. Euler guess z^0 = z_{i+1} + h·v(z_{i+1}, σ_{i+1}), then K = `iterations`
     renoising steps z^{j+1} = z_{i+1} + h·v(z^j, σ_i) (velocity at the target σ and the current iterate);
-    z_i = mean of the last `average_last` iterates z^{K−m+1} … z^K (fewer when K+1 < m; K = 0 is Euler).
+    z_i = mean of the last m = `average_last` iterates z^{K−m+1} … z^K (all when K+1 < m; K = 0 is Euler).
     Averaging iterates equals the paper's averaging of the noise predictions (the step is affine in v).
     The paper's noise regularisation (pairwise/KL), its first-step schedule and noise correction are
     not included.
     """
     if iterations < 0 or average_last < 1:
         raise FastinvError(f"ReNoise needs iterations >= 0, average_last >= 1: {iterations}, {average_last}")
-    model, clock = NFECounter(model), Stopwatch(x0.device)
+    run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
-    trajectory = [z] if keep_trajectory else None
     for i in reversed(range(len(sigmas) - 1)):
         sigma, sigma_next = sigmas[i + 1], sigmas[i]
         h, target = float(sigma_next - sigma), sigma_batch(sigma_next, z)
-        iterate = z + h * model(z, sigma_batch(sigma, z), cond)
+        iterate = z + h * run.model(z, sigma_batch(sigma, z), cond)
         recent = deque([iterate], maxlen=average_last)
         for _ in range(iterations):
             # renoise: re-evaluate the velocity at the current estimate of z(σ_i)
-            iterate = z + h * model(iterate, target, cond)
+            iterate = z + h * run.model(iterate, target, cond)
             recent.append(iterate)
         z = torch.stack(tuple(recent)).mean(dim=0)
-        if trajectory is not None:
-            trajectory.append(z)
-        if callback is not None:
-            callback(
-                {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
-            )
-    return InversionResult(z_T=z, nfe=model.calls, seconds=clock.seconds(), trajectory=trajectory)
+        run.step(i, sigma, sigma_next, z)
+    return run.result(z)

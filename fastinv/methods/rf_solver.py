@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, NFECounter, StepCallback, Stopwatch, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
 from fastinv.models.base import VelocityModel
 
 
@@ -26,22 +26,16 @@ def invert_rf_solver(
     RF-Solver writes the update as the Taylor form z + h·v1 + (h²/2)·(v_mid − v1)/(h/2), which is the same
     expression; the midpoint form is used here (no division by h).
     """
-    model, clock = NFECounter(model), Stopwatch(x0.device)
+    run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
-    trajectory = [z] if keep_trajectory else None
     for i in reversed(range(len(sigmas) - 1)):
         sigma, sigma_next = sigmas[i + 1], sigmas[i]
         h = float(sigma_next - sigma)
-        v1 = model(z, sigma_batch(sigma, z), cond)
-        v_mid = model(z + h / 2 * v1, sigma_batch((sigma + sigma_next) / 2, z), cond)
+        v1 = run.model(z, sigma_batch(sigma, z), cond)
+        v_mid = run.model(z + h / 2 * v1, sigma_batch((sigma + sigma_next) / 2, z), cond)
         z = z + h * v_mid
-        if trajectory is not None:
-            trajectory.append(z)
-        if callback is not None:
-            callback(
-                {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
-            )
-    return InversionResult(z_T=z, nfe=model.calls, seconds=clock.seconds(), trajectory=trajectory)
+        run.step(i, sigma, sigma_next, z)
+    return run.result(z)
 
 
 @torch.no_grad()
@@ -62,20 +56,14 @@ def invert_fireflow(
 
     v1 is off by O(h), so z_mid is off by O(h²) and the scheme stays second order (FireFlow's argument).
     """
-    model, clock = NFECounter(model), Stopwatch(x0.device)
+    run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
-    trajectory = [z] if keep_trajectory else None
     v_mid: torch.Tensor | None = None
     for i in reversed(range(len(sigmas) - 1)):
         sigma, sigma_next = sigmas[i + 1], sigmas[i]
         h = float(sigma_next - sigma)
-        v1 = model(z, sigma_batch(sigma, z), cond) if v_mid is None else v_mid
-        v_mid = model(z + h / 2 * v1, sigma_batch((sigma + sigma_next) / 2, z), cond)
+        v1 = run.model(z, sigma_batch(sigma, z), cond) if v_mid is None else v_mid
+        v_mid = run.model(z + h / 2 * v1, sigma_batch((sigma + sigma_next) / 2, z), cond)
         z = z + h * v_mid
-        if trajectory is not None:
-            trajectory.append(z)
-        if callback is not None:
-            callback(
-                {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
-            )
-    return InversionResult(z_T=z, nfe=model.calls, seconds=clock.seconds(), trajectory=trajectory)
+        run.step(i, sigma, sigma_next, z)
+    return run.result(z)
