@@ -8,9 +8,22 @@ from typing import Any
 
 from fastinv.errors import FastinvError
 from fastinv.methods.base import InversionMethod, InversionResult, NFECounter, StepCallback
+from fastinv.methods.easyinv import invert_easyinv
 from fastinv.methods.euler import invert_euler
+from fastinv.methods.gnri import invert_gnri
+from fastinv.methods.preciseinv import invert_preciseinv
+from fastinv.methods.renoise import invert_renoise
+from fastinv.methods.rf_solver import invert_fireflow, invert_rf_solver
 
-METHODS: dict[str, InversionMethod] = {"euler": invert_euler}
+METHODS: dict[str, InversionMethod] = {
+    "euler": invert_euler,
+    "easyinv": invert_easyinv,
+    "renoise": invert_renoise,
+    "gnri": invert_gnri,
+    "preciseinv": invert_preciseinv,
+    "rf_solver": invert_rf_solver,
+    "fireflow": invert_fireflow,
+}
 
 
 def get_method(name: str) -> InversionMethod:

@@ -5,7 +5,8 @@
 Recipe: z_σ = (1 − σ)·x0 + σ·ε with σ = sigmoid(N(0, s²)) (logit-normal), target v = ε − x0, MSE;
 random crops (side = resolution × U_log(crop_scale), capped by the photo) resized to the resolution,
 horizontal flips; captions encoded once by all-MiniLM-L6-v2, replaced by "" with p = caption_dropout
-(so classifier-free guidance works); AdamW with linear warm-up, gradient clipping, EMA weights saved.
+(so classifier-free guidance works); AdamW with linear warm-up, gradient clipping; the saved weights are
+diffusers' EMAModel average (decay min(ema_decay, (1 + t)/(10 + t)) at step t, so early weights fade).
 Uses CUDA (bf16 autocast) when available. The output is a model folder fastinv loads like any other.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.training_utils import EMAModel
 
 from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.training.photos import CAPTIONS, TRAIN, photo_tensor
@@ -44,7 +46,7 @@ class TrainConfig:
     attention_head_dim: int = 64
     text_max_length: int = 16
     batch_size: int = 32
-    steps: int = 1800
+    steps: int = 1500
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -167,7 +169,7 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
     states, pooled = (t.to(device) for t in encoder.encode(prompts))
     sampler = CropSampler(config, generator)
     model = build_transformer(config).to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = EMAModel(model.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -193,9 +195,7 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         schedule.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - config.ema_decay)
+        ema.step(model.parameters())
         window.append(loss.item())
         if step % config.log_every == 0 or step == config.steps:
             elapsed = time.perf_counter() - start
@@ -206,7 +206,9 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
                 flush=True,
             )
         if step % config.save_every == 0 or step == config.steps:
-            write_model_folder(out, ema, config)
+            averaged = copy.deepcopy(model).eval()
+            ema.copy_to(averaged.parameters())
+            write_model_folder(out, averaged, config)
             with (out / "training" / "loss.csv").open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=["step", "loss", "seconds"])
                 writer.writeheader()
