@@ -108,6 +108,17 @@ def _empty_prompt_file(model_dir: Path, tmp_path: Path) -> Path:
     )
 
 
+def test_invert_with_method_options(tiny_sd3_dir: Path, photos: list[Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["invert", str(photos[0]), "--model", str(tiny_sd3_dir), "--steps", "2", "--out", str(out)]
+    code, stdout, _ = run(
+        [*args, "--method", "renoise", "--set", "iterations=2", "--set", "average_last=1"], capsys
+    )
+    assert code == 0 and "renoise" in stdout
+    record = json.loads((out / f"{photos[0].stem}.metrics.json").read_text())
+    assert record["method_options"] == {"iterations": 2, "average_last": 1} and record["nfe_inversion"] == 6
+
+
 def test_info(capsys) -> None:
     code, stdout, _ = run(["info"], capsys)
     assert code == 0 and "euler" in stdout and "torch" in stdout and "diffusers" in stdout
