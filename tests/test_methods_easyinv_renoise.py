@@ -72,7 +72,7 @@ def _worst_residual(method, field: TanhField, x0: torch.Tensor, sigmas: torch.Te
 
 def test_easyinv_presets() -> None:
     defaults = inspect.signature(invert_easyinv).parameters
-    assert {name: defaults[name].default for name in PAPER} == PAPER
+    assert {name: defaults[name].default for name in SDXL_CODE} == SDXL_CODE
     assert SDXL_CODE == {"eta": 0.8, "window": (0.85, 0.95)}
 
 

@@ -42,10 +42,11 @@ def invert_preciseinv(
 
     L(z) = ‖z + (σ_{i+1} − σ_i)·v(z, σ_i) − z_{i+1}‖² (sum over elements, per sample), from the Euler guess
     z = z_{i+1} + (σ_i − σ_{i+1})·v(z_{i+1}, σ_{i+1}); z ← z − lr·∇_z L (autograd through the model) until
-    L < η (`eta`, per sample) or after `max_iters` updates. `**PRECISE` / `**FAST` select the paper's
-    settings. lr = 0.5 is the Newton step for L's Gauss–Newton curvature 2(I − h·∂v/∂z)ᵀ(I − h·∂v/∂z) ≈ 2I.
-    NFE: 1 + Σ_i (n_i + 1) for n_i updates at step i: each loss is one forward (the last one's velocity is
-    the next step's Euler velocity); each update adds a backward pass (≈ 2 forwards of compute, not an NFE).
+    L < η (`eta`, per sample) or after `max_iters` updates; the iterate of lowest L is kept (per sample).
+    `**PRECISE` / `**FAST` select the paper's settings. lr = 0.5 is the Newton step for L's Gauss–Newton
+    curvature 2(I − h·∂v/∂z)ᵀ(I − h·∂v/∂z) ≈ 2I.
+    NFE: 1 + Σ_i (n_i + 1) for n_i updates at step i: each loss is one forward (the kept iterate's velocity
+    is the next step's Euler velocity); each update adds a backward pass (≈ 2 forwards, not an NFE).
     max_iters = 0 returns Euler's latents exactly (N + 1 NFE). The callback dict adds "losses": [n_i + 1, B].
     """
     if eta < 0 or lr <= 0 or max_iters < 0:
@@ -58,6 +59,8 @@ def invert_preciseinv(
         h, target = float(sigma_next - sigma), sigma_batch(sigma_next, z)
         z_prev, z = z, z + h * v
         losses = []
+        best_loss = torch.full((z.shape[0],), torch.inf, device=z.device)
+        best_z, best_v = z, v
         for n in range(max_iters + 1):
             with torch.enable_grad():
                 z = z.detach().requires_grad_(True)
@@ -65,11 +68,18 @@ def invert_preciseinv(
                 # one sampling step from (z, σ_i) down to σ_{i+1} should reproduce z_{i+1}
                 loss = (z - h * v - z_prev).flatten(1).square().sum(1)
                 losses.append(loss.detach())
+                # keep the lowest-loss iterate per sample: a too-long step must not undo the descent
+                better = (loss.detach() < best_loss)[:, None, None, None]
+                best_z, best_v = (
+                    torch.where(better, z.detach(), best_z),
+                    torch.where(better, v.detach(), best_v),
+                )
+                best_loss = torch.minimum(best_loss, loss.detach())
                 active = loss.detach() >= eta
                 if n == max_iters or not active.any():
                     break
                 (grad,) = torch.autograd.grad(loss.sum(), z)
             z = z.detach() - lr * active[:, None, None, None] * grad
-        z, v = z.detach(), v.detach()
+        z, v = best_z, best_v
         run.step(i, sigma, sigma_next, z, losses=torch.stack(losses))
     return run.result(z)
