@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,6 +74,12 @@ class Stopwatch:
 def sigma_batch(sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Scalar σ (float64 schedule entry) → [B] float32 on z's device."""
     return sigma.to(device=z.device, dtype=torch.float32).expand(z.shape[0])
+
+
+def upward_steps(sigmas: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(i, σ_{i+1}, σ_i) for i = N−1 … 0: the inversion's steps from σ_N = 0 up to σ_0 (sampling order)."""
+    for i in reversed(range(len(sigmas) - 1)):
+        yield i, sigmas[i + 1], sigmas[i]
 
 
 class InversionRun:

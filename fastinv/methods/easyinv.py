@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.models.base import VelocityModel
 
 PAPER = {"eta": 0.5, "window": (0.05, 0.25)}
@@ -45,8 +45,7 @@ def invert_easyinv(
     n, (start, end) = len(sigmas) - 1, window
     z = x0.float()
     z_prev = z
-    for i in reversed(range(n)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         v = run.model(z, sigma_batch(sigma, z), cond)
         # Kalman-style aggregation with the previous step's latent, inside the window only
         if start * n < n - 1 - i < end * n:

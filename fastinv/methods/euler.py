@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.models.base import VelocityModel
 
 
@@ -26,8 +26,7 @@ def invert_euler(
     """
     run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
-    for i in reversed(range(len(sigmas) - 1)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         v = run.model(z, sigma_batch(sigma, z), cond)
         # Euler step, upward in σ
         z = z + float(sigma_next - sigma) * v

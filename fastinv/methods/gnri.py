@@ -14,7 +14,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.models.base import VelocityModel
 
 
@@ -69,8 +69,7 @@ def invert_gnri(
     x0 = x0.float()
     z = x0
     v = run.model(z, sigma_batch(sigmas[-1], z), cond)  # v(z_N, σ_N); then the chosen iterate's, reused
-    for i in reversed(range(len(sigmas) - 1)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         h, target = float(sigma_next - sigma), sigma_batch(sigma_next, z)
         z_prev, z = z, z + h * v
         iterate, best = z, torch.full((z.shape[0],), torch.inf, device=z.device)

@@ -16,7 +16,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.models.base import VelocityModel
 
 FAST: Mapping[str, Any] = MappingProxyType({"eta": 1e-2, "lr": 0.5, "max_iters": 10})
@@ -54,8 +54,7 @@ def invert_preciseinv(
     run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
     v = run.model(z, sigma_batch(sigmas[-1], z), cond)  # v(z_N, σ_N); then the last loss evaluation's, reused
-    for i in reversed(range(len(sigmas) - 1)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         h, target = float(sigma_next - sigma), sigma_batch(sigma_next, z)
         z_prev, z = z, z + h * v
         losses = []

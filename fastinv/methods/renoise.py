@@ -8,7 +8,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.methods.noise_regularization import regularize_noise
 from fastinv.models.base import VelocityModel
 
@@ -49,8 +49,7 @@ def invert_renoise(
     generator = torch.Generator().manual_seed(seed)
     regularize = lambda_ac > 0 or lambda_kl > 0
     z = x0.float()
-    for i in reversed(range(len(sigmas) - 1)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         h, target, s = float(sigma_next - sigma), sigma_batch(sigma_next, z), float(sigma_next)
         reference = None
         if lambda_kl > 0:

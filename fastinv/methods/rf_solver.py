@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch
+from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.models.base import VelocityModel
 
 
@@ -28,8 +28,7 @@ def invert_rf_solver(
     """
     run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
-    for i in reversed(range(len(sigmas) - 1)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         h = float(sigma_next - sigma)
         v1 = run.model(z, sigma_batch(sigma, z), cond)
         v_mid = run.model(z + h / 2 * v1, sigma_batch((sigma + sigma_next) / 2, z), cond)
@@ -59,8 +58,7 @@ def invert_fireflow(
     run = InversionRun(model, x0, callback, keep_trajectory)
     z = x0.float()
     v_mid: torch.Tensor | None = None
-    for i in reversed(range(len(sigmas) - 1)):
-        sigma, sigma_next = sigmas[i + 1], sigmas[i]
+    for i, sigma, sigma_next in upward_steps(sigmas):
         h = float(sigma_next - sigma)
         v1 = run.model(z, sigma_batch(sigma, z), cond) if v_mid is None else v_mid
         v_mid = run.model(z + h / 2 * v1, sigma_batch((sigma + sigma_next) / 2, z), cond)
