@@ -168,6 +168,7 @@ def info() -> None:
     from fastinv import __version__
     from fastinv.lpips import lpips_available
     from fastinv.methods import METHODS
+    from fastinv.models import DEFAULT_MODEL
 
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
@@ -178,8 +179,6 @@ def info() -> None:
     table.add_row("cpu threads", str(torch.get_num_threads()))
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     table.add_row("cuda devices", ", ".join(gpus) if gpus else "none")
-    from fastinv.models import DEFAULT_MODEL
-
     shipped = "present" if (DEFAULT_MODEL / "model_index.json").is_file() else "missing"
     table.add_row("default model", f"{DEFAULT_MODEL} ({shipped})")
     table.add_row("engines", "torch")

@@ -14,9 +14,10 @@ from fastinv.models import load_model
 from fastinv.models.codecs import IdentityCodec
 from fastinv.models.minilm import SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.training.photos import CAPTIONS, HELD_OUT, TRAIN, load_photo
-from fastinv.training.rectified_flow import CropSampler, TrainConfig, train
+from fastinv.training.rectified_flow import DEFAULT_CONFIG, CropSampler, TrainConfig, train
 
-TINY = TrainConfig(
+TINY = replace(
+    TrainConfig.read(DEFAULT_CONFIG),
     resolution=32,
     num_layers=1,
     num_attention_heads=2,

@@ -76,6 +76,22 @@ def sigma_batch(sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return sigma.to(device=z.device, dtype=torch.float32).expand(z.shape[0])
 
 
+def keep_best(
+    score: torch.Tensor,
+    best_score: torch.Tensor,
+    candidates: tuple[torch.Tensor, ...],
+    best: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Per sample, take `candidates` ([B, ...] each) over `best` where `score` [B] beats `best_score`.
+
+    Returns the updated (best_score, best): the lowest-score iterate so far, for methods that iterate.
+    """
+    better = score < best_score
+    mask = better.view(-1, *([1] * (candidates[0].dim() - 1)))
+    chosen = tuple(torch.where(mask, c.detach(), b) for c, b in zip(candidates, best, strict=True))
+    return torch.where(better, score.detach(), best_score), chosen
+
+
 def upward_steps(sigmas: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(i, σ_{i+1}, σ_i) for i = N−1 … 0: the inversion's steps from σ_N = 0 up to σ_0 (sampling order)."""
     for i in reversed(range(len(sigmas) - 1)):

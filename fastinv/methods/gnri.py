@@ -14,7 +14,14 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
+from fastinv.methods.base import (
+    InversionResult,
+    InversionRun,
+    StepCallback,
+    keep_best,
+    sigma_batch,
+    upward_steps,
+)
 from fastinv.models.base import VelocityModel
 
 
@@ -79,15 +86,11 @@ def invert_gnri(
                 leaf = iterate.detach().requires_grad_(k < iterations)
                 objective = gnri_objective(leaf, z_prev, v_k, h, float(sigma_next), x0, prior_weight)
                 grad = torch.autograd.grad(objective.sum(), leaf)[0] if k < iterations else None
-            objective = objective.detach()
             # keep the best iterate so far, per sample
-            better = objective < best
-            keep = better[:, None, None, None]
-            z, v = torch.where(keep, iterate, z), torch.where(keep, v_k, v)
-            best = torch.where(better, objective, best)
+            best, (z, v) = keep_best(objective.detach(), best, (iterate, v_k), (z, v))
             if grad is not None:
                 # Newton–Raphson on the scalar O: the smallest Δ with O(z) + ∇O·Δ = 0
-                step = objective / (grad.flatten(1).square().sum(1) + eps)
+                step = objective.detach() / (grad.flatten(1).square().sum(1) + eps)
                 iterate = iterate - step[:, None, None, None] * grad
         run.step(i, sigma, sigma_next, z, objective=best)
     return run.result(z)

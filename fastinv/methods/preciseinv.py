@@ -16,7 +16,14 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
+from fastinv.methods.base import (
+    InversionResult,
+    InversionRun,
+    StepCallback,
+    keep_best,
+    sigma_batch,
+    upward_steps,
+)
 from fastinv.models.base import VelocityModel
 
 FAST: Mapping[str, Any] = MappingProxyType({"eta": 1e-2, "lr": 0.5, "max_iters": 10})
@@ -68,12 +75,7 @@ def invert_preciseinv(
                 loss = (z - h * v - z_prev).flatten(1).square().sum(1)
                 losses.append(loss.detach())
                 # keep the lowest-loss iterate per sample: a too-long step must not undo the descent
-                better = (loss.detach() < best_loss)[:, None, None, None]
-                best_z, best_v = (
-                    torch.where(better, z.detach(), best_z),
-                    torch.where(better, v.detach(), best_v),
-                )
-                best_loss = torch.minimum(best_loss, loss.detach())
+                best_loss, (best_z, best_v) = keep_best(loss.detach(), best_loss, (z, v), (best_z, best_v))
                 active = loss.detach() >= eta
                 if n == max_iters or not active.any():
                     break

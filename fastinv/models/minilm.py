@@ -7,6 +7,7 @@ computes it) → pooled_projections [1, 384]. "" is the null prompt for classifi
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ class SentenceEncoderSpec:
     def model_path(self) -> Path:
         """The packaged model folder (the distribution's `model/` directory); errors say what to install."""
         try:
-            module = __import__(self.module)
+            module = importlib.import_module(self.module)
         except ImportError as err:
             raise FastinvError(
                 f"the text encoder needs the package '{self.package}': pip install {self.package}"
@@ -74,5 +75,4 @@ class SentenceEncoderPrompts:
         return states.float().cpu(), pooled.float().cpu()
 
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        states, pooled = self.encode([prompt])
-        return states, pooled
+        return self.encode([prompt])

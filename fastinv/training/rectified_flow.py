@@ -13,13 +13,12 @@ Uses CUDA (bf16 autocast) when available. The output is a model folder fastinv l
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,42 +26,44 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.training_utils import EMAModel
 
+from fastinv.models.loading import PIXEL_PIPELINE
 from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.training.photos import CAPTIONS, TRAIN, photo_tensor
 
-PIPELINE_CLASS = "FastinvPixelFlowPipeline"
+DEFAULT_CONFIG = Path(__file__).with_name("default_model.json")
 TEXT_DIM = 384
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (see default_model.json)."""
+    """Hyper-parameters of one training run; default_model.json holds the default model's recipe."""
 
-    seed: int = 0
-    resolution: int = 64
-    patch_size: int = 4
-    num_layers: int = 6
-    num_attention_heads: int = 3
-    attention_head_dim: int = 64
-    text_max_length: int = 16
-    batch_size: int = 32
-    steps: int = 1500
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    crop_scale: tuple[float, float] = (1.0, 8.0)
-    logit_normal_std: float = 1.0
-    shift: float = 1.0
-    log_every: int = 25
-    save_every: int = 400
+    seed: int
+    resolution: int
+    patch_size: int
+    num_layers: int
+    num_attention_heads: int
+    attention_head_dim: int
+    text_max_length: int
+    batch_size: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    ema_decay: float
+    caption_dropout: float
+    crop_scale: tuple[float, float]
+    logit_normal_std: float
+    shift: float
+    log_every: int
+    save_every: int
 
     @classmethod
     def read(cls, path: Path) -> TrainConfig:
         values = json.loads(path.read_text())
-        values["crop_scale"] = tuple(values.get("crop_scale", cls.crop_scale))
+        if "crop_scale" in values:
+            values["crop_scale"] = tuple(values["crop_scale"])
         return cls(**values)
 
 
@@ -122,7 +123,7 @@ def write_model_folder(out: Path, transformer: SD3Transformer2DModel, config: Tr
     (tmp / "text_encoder").mkdir()
     SentenceEncoderSpec(max_length=config.text_max_length).write(tmp / "text_encoder" / SPEC_FILE)
     index = {
-        "_class_name": PIPELINE_CLASS,
+        "_class_name": PIXEL_PIPELINE,
         "transformer": ["diffusers", "SD3Transformer2DModel"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["fastinv", "SentenceEncoderPrompts"],
@@ -140,7 +141,7 @@ def write_model_folder(out: Path, transformer: SD3Transformer2DModel, config: Tr
 
 
 def plot_loss(rows: list[dict[str, float]], path: Path) -> None:
-    """Loss curve PNG (raw per-log-interval mean and its running average)."""
+    """Loss curve PNG: the mean loss of each log interval, log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +177,7 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
     (out / "training").mkdir(parents=True, exist_ok=True)
     (out / "training" / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     rows: list[dict[str, float]] = []
-    window: list[float] = []
+    window_loss, window_steps = torch.zeros((), device=device), 0
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
         x0, photo = sampler.batch()
@@ -196,19 +197,20 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
         optimizer.step()
         schedule.step()
         ema.step(model.parameters())
-        window.append(loss.item())
+        window_loss, window_steps = window_loss + loss.detach(), window_steps + 1
         if step % config.log_every == 0 or step == config.steps:
             elapsed = time.perf_counter() - start
-            rows.append({"step": step, "loss": sum(window) / len(window), "seconds": elapsed})
-            window.clear()
+            rows.append({"step": step, "loss": window_loss.item() / window_steps, "seconds": elapsed})
+            window_loss, window_steps = torch.zeros((), device=device), 0
             print(
                 f"step {step}/{config.steps} loss {rows[-1]['loss']:.4f} {step / elapsed:.2f} steps/s",
                 flush=True,
             )
         if step % config.save_every == 0 or step == config.steps:
-            averaged = copy.deepcopy(model).eval()
-            ema.copy_to(averaged.parameters())
-            write_model_folder(out, averaged, config)
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+            write_model_folder(out, model, config)
+            ema.restore(model.parameters())
             with (out / "training" / "loss.csv").open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=["step", "loss", "seconds"])
                 writer.writeheader()
@@ -229,13 +231,13 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path(__file__).with_name("default_model.json"))
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, help="override the config's step count")
     args = parser.parse_args()
     config = TrainConfig.read(args.config)
     if args.steps is not None:
-        config = TrainConfig(**{**asdict(config), "steps": args.steps})
+        config = replace(config, steps=args.steps)
     print(json.dumps(train(config, args.out), indent=2))
 
 
