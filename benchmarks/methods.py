@@ -1,10 +1,10 @@
 """Compare inversion methods on the shipped default model: NFE, time and reconstruction fidelity.
 
-python benchmarks/methods.py [--model DIR] [--steps 10,25] [--photos 6] [--out benchmarks/results]
+python benchmarks/methods.py [--model DIR] [--steps 10,25,50] [--photos 6] [--out benchmarks/results]
 
 Every method runs through the same runtime (torch, CPU here) on the same photos (skimage photos held
 out of the default model's training), prompt "" and guidance 1; the reconstruction is Euler sampling
-from z_T alone. Writes methods.json (every figure, plus command, hardware and versions) to --out.
+from z_T alone. deepinv uses the model folder's solver/ (the shipped one was trained on the other photos). Writes methods.json (every figure, plus command, hardware and versions) to --out.
 Fidelity is only meaningful on a trained model: random-weight models make every method look exact.
 """
 
@@ -27,6 +27,7 @@ from rich.table import Table
 
 import fastinv
 from fastinv.io import save_json
+from fastinv.methods.deepinv import REFERENCE_BLEND
 from fastinv.methods.easyinv import PAPER, SDXL_CODE
 from fastinv.models import DEFAULT_MODEL
 from fastinv.training.photos import HELD_OUT
@@ -40,6 +41,8 @@ SETTINGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("preciseinv (fast)", "preciseinv", {}),
     ("rf_solver", "rf_solver", {}),
     ("fireflow", "fireflow", {}),
+    ("deepinv (shipped solver)", "deepinv", {}),
+    ("deepinv + 0.9/0.1 blend (reference code)", "deepinv", REFERENCE_BLEND),
 )
 console = Console()
 
@@ -88,7 +91,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: the shipped default model)")
-    parser.add_argument("--steps", default="10,25", help="comma-separated step counts")
+    parser.add_argument("--steps", default="10,25,50", help="comma-separated step counts")
     parser.add_argument("--photos", type=int, default=len(HELD_OUT), help="how many held-out photos")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()

@@ -20,11 +20,12 @@ from fastinv.conditioning import Conditioning
 from fastinv.device import resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.io import LoadedImage, load_image, pixels_to_pil
-from fastinv.methods import InversionResult, StepCallback, check_options, get_method
+from fastinv.methods import InversionResult, StepCallback, check_options, get_method, method_options
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
 from fastinv.sampling import sample_euler
+from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver
 
 ImageSource = str | Path | Image.Image | np.ndarray
 
@@ -62,10 +63,33 @@ class Reconstruction:
 
 
 class Inverter:
-    """A loaded model plus the invert → reconstruct → evaluate path, for any registered method."""
+    """A loaded model plus the invert → reconstruct → evaluate path, for any registered method.
 
-    def __init__(self, model: FlowModel) -> None:
+    solver_dir: the DeepInv solver for method "deepinv" (default: the model folder's solver/), loaded
+    on first use.
+    """
+
+    def __init__(self, model: FlowModel, solver_dir: str | Path | None = None) -> None:
         self.model = model
+        self.solver_dir = Path(solver_dir) if solver_dir is not None else model.solver_dir
+        self._solver: TorchSolver | None = None
+
+    @property
+    def solver(self) -> TorchSolver:
+        """The trained DeepInv solver, loaded once, checked against the model."""
+        if self._solver is None:
+            if self.solver_dir is None:
+                raise FastinvError(
+                    f"method deepinv needs a trained solver: {self.model.name} has no solver/ folder; "
+                    "pass --solver DIR (fastinv train writes one)"
+                )
+            self._solver = self._load_solver(self.solver_dir)
+        return self._solver
+
+    def _load_solver(self, folder: str | Path) -> TorchSolver:
+        solver = load_solver(folder, self.model.device, self.model.dtype)
+        check_solver_fits(solver, self.model.codec.channels, self.model.conditioning(""))
+        return solver
 
     def prepare_image(self, image: ImageSource) -> LoadedImage:
         """Load and fit an image to the model: resized and cropped to a fixed-resolution model's size;
@@ -93,6 +117,15 @@ class Inverter:
             raise FastinvError(f"steps must be at least 1, got {steps}")
         invert = get_method(method)
         check_options(method, options)
+        recorded = dict(options)
+        if "solver" in method_options(method):
+            given = options.get("solver")
+            if given is None:
+                options["solver"], recorded["solver"] = self.solver, str(self.solver_dir)
+            elif isinstance(given, str | Path):
+                options["solver"], recorded["solver"] = self._load_solver(given), str(given)
+            else:
+                recorded["solver"] = type(given).__name__
         loaded = image if isinstance(image, LoadedImage) else self.prepare_image(image)
         cond = self.model.conditioning(prompt, guidance, embedded_guidance)
         x0 = self.model.codec.encode(loaded.pixels.to(self.model.device))
@@ -106,7 +139,7 @@ class Inverter:
             keep_trajectory=keep_trajectory,
             **options,
         )
-        return Inversion(result, method, steps, sigmas, cond, loaded, x0, options)
+        return Inversion(result, method, steps, sigmas, cond, loaded, x0, recorded)
 
     def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
         """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""
@@ -135,14 +168,16 @@ def load(
     device: str = "auto",
     dtype: str = "auto",
     embeddings: str | Path | None = None,
+    solver: str | Path | None = None,
 ) -> Inverter:
     """Load a local diffusers folder (SD3, FLUX; None: the shipped default model) for inversion.
 
     device: auto | cpu | cuda[:N]; dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16;
-    embeddings: a precomputed prompt-embeddings file, for folders without text encoders.
+    embeddings: a precomputed prompt-embeddings file, for folders without text encoders;
+    solver: a DeepInv solver folder for method "deepinv" (default: the model folder's solver/).
     """
     torch_device = resolve_device(device)
     model = load_model(
         model_dir, device=torch_device, dtype=resolve_dtype(dtype, torch_device), embeddings=embeddings
     )
-    return Inverter(model)
+    return Inverter(model, solver)

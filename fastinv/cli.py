@@ -80,6 +80,9 @@ def invert(
     embeddings: Annotated[
         Path | None, typer.Option(help="Precomputed prompt embeddings (for folders without text encoders).")
     ] = None,
+    solver: Annotated[
+        Path | None, typer.Option(help="DeepInv solver folder for --method deepinv (default: MODEL/solver).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-out"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")] = "auto",
@@ -98,7 +101,7 @@ def invert(
         raise FastinvError("no images given: name image files, or pass --example for the shipped photo")
     names = _output_names(images)
     with console.status(f"loading {model or 'the shipped default model'}"):
-        inverter = load(model, device=device, dtype=dtype, embeddings=embeddings)
+        inverter = load(model, device=device, dtype=dtype, embeddings=embeddings, solver=solver)
     loaded = {image: inverter.prepare_image(image) for image in images}
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
@@ -151,6 +154,58 @@ def _invert_one(
     rec = inverter.reconstruct(res, callback=lambda _: progress.advance(task))
     progress.remove_task(task)
     return write_outputs(out, stem, inverter.model, res, rec, inverter.evaluate(res, rec))
+
+
+@app.command()
+def train(
+    model: Annotated[
+        Path | None, typer.Option(help="Local diffusers folder; default: the shipped default model.")
+    ] = None,
+    images: Annotated[
+        str,
+        typer.Option(help="Folder of training images, or 'skimage' (the shipped model's training photos)."),
+    ] = "skimage",
+    out: Annotated[
+        Path, typer.Option(help="Output folder: solver/, checkpoint/, loss.csv, loss.png.")
+    ] = Path("fastinv-solver"),
+    config: Annotated[
+        Path | None, typer.Option(help="Training recipe JSON; default: the shipped solver's recipe.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Recipe override KEY=VALUE (repeatable), e.g. rounds=1 or curriculum=[[1,2]]."
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    ] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="Denoiser dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
+    ] = "auto",
+) -> None:
+    """Train a DeepInv solver for a model (self-supervised: no labels needed). Runs under torchrun for DDP."""
+    import os
+
+    import torch
+
+    _quiet_libraries()
+    from fastinv.api import load
+    from fastinv.methods import parse_pairs
+    from fastinv.solver.training import DEFAULT_RECIPE, SolverTrainConfig, train_solver
+
+    recipe = SolverTrainConfig.read(config or DEFAULT_RECIPE, parse_pairs(set_ or []))
+    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    with console.status(f"loading {model or 'the shipped default model'}"):
+        inverter = load(model, device=device, dtype=dtype)
+    summary = train_solver(inverter.model, recipe, images, out, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(
+            f"trained {summary['optimizer_steps']} steps in {summary['seconds']:.0f} s, "
+            f"final loss {summary['final_loss']:.3e}; wrote {out / 'solver'} and {out / 'loss.png'}"
+        )
 
 
 def _version_of(package: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastinv.errors import FastinvError
 from fastinv.methods.base import InversionMethod, InversionResult, NFECounter, StepCallback
+from fastinv.methods.deepinv import invert_deepinv
 from fastinv.methods.easyinv import invert_easyinv
 from fastinv.methods.euler import invert_euler
 from fastinv.methods.gnri import invert_gnri
@@ -23,6 +24,7 @@ METHODS: dict[str, InversionMethod] = {
     "preciseinv": invert_preciseinv,
     "rf_solver": invert_rf_solver,
     "fireflow": invert_fireflow,
+    "deepinv": invert_deepinv,
 }
 
 
@@ -50,8 +52,8 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def parse_options(name: str, pairs: list[str]) -> dict[str, Any]:
-    """CLI `--set KEY=VALUE` pairs → options; values are JSON when they parse (1, 0.5, [0.1, 0.2], true)."""
+def parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    """CLI `--set KEY=VALUE` pairs → a dict; values are JSON when they parse (1, 0.5, [0.1, 0.2], true)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -61,7 +63,12 @@ def parse_options(name: str, pairs: list[str]) -> dict[str, Any]:
             options[key] = json.loads(text)
         except json.JSONDecodeError:
             options[key] = text
-    return check_options(name, options)
+    return options
+
+
+def parse_options(name: str, pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs → the options of method `name`; a one-line error for unknown ones."""
+    return check_options(name, parse_pairs(pairs))
 
 
 __all__ = [
@@ -75,4 +82,5 @@ __all__ = [
     "invert_euler",
     "method_options",
     "parse_options",
+    "parse_pairs",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -99,6 +100,7 @@ class FlowModel:
     family: "sd3" or "flux"; size_multiple: pixel sides must be multiples of it (VAE factor × patch);
     max_side: largest pixel side the positional embedding covers (None: unbounded);
     resolution: (W, H) for fixed-resolution models (images are resized and center-cropped to it), else None.
+    solver_dir: the folder's trained DeepInv solver (its solver/ subfolder), if it has one.
     """
 
     name: str
@@ -114,6 +116,7 @@ class FlowModel:
     resolution: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     schedule_seq_len: Callable[[int, int], int] | None = None
+    solver_dir: Path | None = None
     _prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(
         default_factory=dict, repr=False
     )

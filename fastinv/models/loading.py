@@ -187,4 +187,5 @@ def load_model(
         dtype=dtype,
         notes=notes,
         schedule_seq_len=seq_len,
+        solver_dir=model_dir / "solver" if (model_dir / "solver" / "config.json").is_file() else None,
     )

@@ -1,0 +1,104 @@
+"""The SolverModel protocol (what the deepinv method calls) and its torch backend; safe checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from fastinv.conditioning import Conditioning
+from fastinv.errors import FastinvError
+from fastinv.solver.network import DeepInvSolver
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@runtime_checkable
+class SolverModel(Protocol):
+    """ε̂ = S(v, z_cur, x0, c, σ_cur, σ_next): a torch module, ORT session or TensorRT engine behind it."""
+
+    def __call__(
+        self,
+        v: torch.Tensor,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        """v, z, x0: [B, C, H, W] float32; sigma < sigma_next: [B] float32 σ; returns ε̂ [B, C, H, W]."""
+        ...
+
+
+class TorchSolver:
+    """A DeepInvSolver on torch: float32 state in and out, the network in `dtype`; the prompt (never the
+    null branch: the solver corrects the velocity the method already combined) broadcast to the batch."""
+
+    def __init__(self, network: DeepInvSolver, dtype: torch.dtype = torch.float32) -> None:
+        self.network = network
+        self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def __call__(
+        self,
+        v: torch.Tensor,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        batch = v.shape[0]
+        text = cond.prompt_embeds.to(self.device, self.dtype).expand(batch, -1, -1)
+        pooled = cond.pooled_embeds
+        if pooled is not None:
+            pooled = pooled.to(self.device, self.dtype).expand(batch, -1)
+        eps = self.network(v, z, x0, text, pooled, sigma, sigma_next).float()
+        if not torch.isfinite(eps).all():
+            raise FastinvError(f"non-finite solver output at σ={sigma[0].item():.4f} (dtype {self.dtype})")
+        return eps
+
+
+def load_solver(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> TorchSolver:
+    """A solver folder (config.json + safetensors, as `save_pretrained` writes it) → TorchSolver, frozen.
+
+    Only safetensors are read: a folder holding pickled weights alone is refused.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FastinvError(f"solver folder not found: {folder}")
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FastinvError(f"cannot read solver config {config_path}: {err}") from err
+    if config.get("_class_name") != DeepInvSolver.__name__:
+        raise FastinvError(f"{config_path} is not a DeepInv solver (class {config.get('_class_name')!r})")
+    if not (folder / WEIGHTS).is_file():
+        raise FastinvError(f"no {WEIGHTS} in solver folder {folder} (only safetensors weights are loaded)")
+    network = DeepInvSolver.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+    network = network.to(device).eval()
+    network.requires_grad_(False)
+    return TorchSolver(network, dtype)
+
+
+def check_solver_fits(solver: TorchSolver, channels: int, cond: Conditioning) -> None:
+    """One-line error when a solver was built for another model (latent channels or text widths differ)."""
+    config = solver.network.config
+    problems = []
+    if config.in_channels != channels:
+        problems.append(f"latent channels {config.in_channels} vs the model's {channels}")
+    if config.text_dim != cond.prompt_embeds.shape[-1]:
+        problems.append(f"text width {config.text_dim} vs {cond.prompt_embeds.shape[-1]}")
+    pooled = None if cond.pooled_embeds is None else cond.pooled_embeds.shape[-1]
+    if config.pooled_dim != pooled:
+        problems.append(f"pooled width {config.pooled_dim} vs {pooled}")
+    if problems:
+        raise FastinvError(f"the solver does not fit this model: {'; '.join(problems)}")

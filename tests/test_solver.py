@@ -1,0 +1,246 @@
+"""The DeepInv solver network, its checkpoints, the deepinv method and pseudo-labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from tiny_models import SD3_JOINT_DIM, SD3_LATENT_CHANNELS, SD3_POOLED_DIM
+
+import fastinv
+from fastinv.conditioning import Conditioning
+from fastinv.errors import FastinvError
+from fastinv.methods import invert_deepinv
+from fastinv.methods.base import sigma_batch, upward_steps
+from fastinv.sampling import sample_euler
+from fastinv.schedule import flow_sigmas
+from fastinv.solver import PRESETS, DeepInvSolver, TorchSolver, load_solver, preset
+from fastinv.solver.pseudo_labels import pseudo_labels
+
+TINY = {
+    "in_channels": SD3_LATENT_CHANNELS,
+    "patch_size": 2,
+    "num_attention_heads": 2,
+    "attention_head_dim": 8,
+    "left_layers": 1,
+    "right_layers": 1,
+    "text_dim": SD3_JOINT_DIM,
+    "pooled_dim": SD3_POOLED_DIM,
+    "sample_size": 8,
+}
+
+
+def tiny_solver(seed: int = 0, trained: bool = True) -> DeepInvSolver:
+    """A tiny solver; `trained` gives the zero-initialised output projection random weights (Δ ≠ 0)."""
+    torch.manual_seed(seed)
+    solver = DeepInvSolver(**TINY).eval()
+    if trained:
+        torch.nn.init.normal_(solver.proj_out.weight, std=0.05)
+    return solver
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return np.asarray(Image.fromarray(data.astronaut()).resize((64, 64), Image.Resampling.LANCZOS))
+
+
+def _inputs(batch: int = 2, height: int = 8, width: int = 8) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    v, z, x0 = (torch.randn(batch, SD3_LATENT_CHANNELS, height, width, generator=g) for _ in range(3))
+    text = torch.randn(batch, 5, SD3_JOINT_DIM, generator=g)
+    pooled = torch.randn(batch, SD3_POOLED_DIM, generator=g)
+    return v, z, x0, text, pooled, torch.full((batch,), 0.3), torch.full((batch,), 0.5)
+
+
+def test_untrained_solver_returns_the_velocity() -> None:
+    """The output projection starts at zero: ε̂ = v, so training starts from plain inversion."""
+    v, *rest = _inputs()
+    assert torch.equal(tiny_solver(trained=False)(v, *rest), v)
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (4, 12), (16, 6)])
+def test_solver_works_at_any_resolution(height: int, width: int) -> None:
+    """No layer depends on the training resolution (the reference's z0 Linear did)."""
+    v, *rest = _inputs(height=height, width=width)
+    out = tiny_solver()(v, *rest)
+    assert out.shape == v.shape and torch.isfinite(out).all() and not torch.equal(out, v)
+
+
+def test_solver_uses_every_input() -> None:
+    solver, inputs = tiny_solver(), _inputs()
+    reference = solver(*inputs)
+    for index in range(1, len(inputs)):
+        changed = list(inputs)
+        changed[index] = inputs[index] + 0.5
+        assert not torch.allclose(solver(*changed), reference), f"input {index} is ignored"
+
+
+def test_solver_is_per_sample() -> None:
+    """Batch entries do not mix: the batch result equals the per-sample results."""
+    solver, inputs = tiny_solver(), _inputs(batch=3)
+    batched = solver(*inputs)
+    for b in range(3):
+        single = solver(*(t[b : b + 1] for t in inputs))
+        torch.testing.assert_close(batched[b : b + 1], single, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_round_trip_is_safetensors_only(tmp_path: Path) -> None:
+    solver = tiny_solver()
+    solver.save_pretrained(tmp_path / "solver")
+    assert sorted(p.name for p in (tmp_path / "solver").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    loaded = load_solver(tmp_path / "solver")
+    v, z, x0, text, pooled, sigma, sigma_next = _inputs()
+    text, pooled = text[:1].expand(2, -1, -1), pooled[:1].expand(2, -1)
+    cond = Conditioning("", text[:1], pooled[:1])
+    expected = solver(v, z, x0, text, pooled, sigma, sigma_next)
+    torch.testing.assert_close(loaded(v, z, x0, sigma, sigma_next, cond), expected)
+    assert not any(p.requires_grad for p in loaded.network.parameters())
+
+
+def test_load_solver_errors(tmp_path: Path) -> None:
+    with pytest.raises(FastinvError, match="solver folder not found"):
+        load_solver(tmp_path / "missing")
+    tiny_solver().save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    with pytest.raises(FastinvError, match="only safetensors"):
+        load_solver(tmp_path / "pickled")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(FastinvError, match="is not a DeepInv solver"):
+        load_solver(tmp_path / "other")
+
+
+def test_presets() -> None:
+    assert set(PRESETS) == {"default-model", "sd3-medium-ref", "sd3-medium", "flux"}
+    ref = preset("sd3-medium-ref")
+    assert ref["num_attention_heads"] * ref["attention_head_dim"] == 1536
+    assert (ref["left_layers"], ref["right_layers"], ref["patch_size"]) == (5, 5, 2)
+    assert preset("flux")["pooled_dim"] == 768 and preset("flux", right_layers=4)["right_layers"] == 4
+    with pytest.raises(FastinvError, match="unknown solver preset"):
+        preset("sdxl")
+    with pytest.raises(FastinvError, match="unknown solver setting"):
+        preset("flux", depth=3)
+
+
+class LinearField:
+    """v(z, σ) = a·z + σ·b: the implicit inversion step has a closed form."""
+
+    def __init__(self, a: float, b: torch.Tensor) -> None:
+        self.a, self.b, self.calls, self.batches = a, b, 0, []
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        self.calls += 1
+        self.batches.append(z.shape[0])
+        return self.a * z + sigma.view(-1, 1, 1, 1) * self.b
+
+
+class OracleSolver:
+    """Solves ε = v(z + h·ε, σ_next) exactly for the linear field: what a perfect solver would learn."""
+
+    def __init__(self, field: LinearField) -> None:
+        self.field = field
+
+    def __call__(self, v, z, x0, sigma, sigma_next, cond):
+        h = (sigma_next - sigma).view(-1, 1, 1, 1)
+        return (self.field.a * z + sigma_next.view(-1, 1, 1, 1) * self.field.b) / (1 - self.field.a * h)
+
+
+COND = Conditioning(prompt="", prompt_embeds=torch.zeros(1, 1, 1))
+
+
+def test_deepinv_with_the_exact_fixed_point_inverts_exactly() -> None:
+    """If ε̂ is the fixed point, Euler sampling from z_T retraces the inversion back to x0."""
+    field = LinearField(0.7, torch.randn(1, 2, 4, 4))
+    x0 = torch.randn(2, 2, 4, 4)
+    sigmas = flow_sigmas({"shift": 3.0}, 7)
+    res = invert_deepinv(field, x0, sigmas, COND, solver=OracleSolver(field))
+    torch.testing.assert_close(sample_euler(field, res.z_T, sigmas, COND), x0, rtol=1e-5, atol=1e-5)
+    euler = fastinv.methods.invert_euler(field, x0, sigmas, COND)
+    assert (sample_euler(field, euler.z_T, sigmas, COND) - x0).abs().max() > 1e-2
+    assert res.nfe == 7 and field.batches[0] == 2
+
+
+def test_deepinv_update_rule_and_blend() -> None:
+    """z_{k+1} = z_k + h·S(v(z_k, σ_next), ...) with the optional 0.9/0.1 blend inside its window."""
+    field = LinearField(0.5, torch.randn(1, 2, 4, 4))
+
+    def solver(v, z, x0, sigma, sigma_next, cond):
+        return 1.1 * v + 0.1 * x0 + sigma.view(-1, 1, 1, 1)
+
+    x0, sigmas = torch.randn(1, 2, 4, 4), flow_sigmas({"shift": 1.0}, 10)
+    for blend in (0.0, 0.1):
+        z, steps = x0.clone(), 10
+        for i, sigma, sigma_next in upward_steps(sigmas):
+            s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
+            z_next = z + float(sigma_next - sigma) * solver(field(z, s_next, COND), z, x0, s, s_next, COND)
+            k = steps - 1 - i
+            z = (1 - blend) * z_next + blend * z if 0.05 * steps <= k < 0.4 * steps else z_next
+        res = invert_deepinv(field, x0, sigmas, COND, solver=solver, blend=blend)
+        torch.testing.assert_close(res.z_T, z)
+    with pytest.raises(FastinvError, match="needs a trained solver"):
+        invert_deepinv(field, x0, sigmas, COND)
+
+
+def test_deepinv_on_sd3_with_cfg_calls_the_solver_once_per_step(
+    tiny_sd3_dir: Path, photo: np.ndarray
+) -> None:
+    """CFG doubles the denoiser batch (one call of 2B); the solver sees B."""
+    inv = fastinv.load(tiny_sd3_dir, device="cpu")
+    network = tiny_solver()
+    batches: list[int] = []
+    network.register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    res = inv.invert(
+        photo, prompt="a cat", guidance=3.0, method="deepinv", steps=4, solver=TorchSolver(network)
+    )
+    assert res.result.nfe == 4 and batches == [1] * 4
+    assert torch.isfinite(res.z_T).all()
+
+
+def test_inverter_uses_the_folders_solver_and_checks_it(
+    tiny_sd3_dir: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    inv = fastinv.load(tiny_sd3_dir, device="cpu")
+    with pytest.raises(FastinvError, match="needs a trained solver"):
+        inv.invert(photo, method="deepinv", steps=2)
+    tiny_solver().save_pretrained(tmp_path / "good")
+    res = fastinv.load(tiny_sd3_dir, device="cpu", solver=tmp_path / "good").invert(
+        photo, method="deepinv", steps=2
+    )
+    assert res.options["solver"] == str(tmp_path / "good")
+    DeepInvSolver(**(TINY | {"text_dim": 32})).save_pretrained(tmp_path / "wrong")
+    with pytest.raises(FastinvError, match="does not fit this model: text width 32 vs 48"):
+        inv.invert(photo, method="deepinv", steps=2, solver=tmp_path / "wrong")
+
+
+def test_pseudo_labels_are_the_regeneration_noise() -> None:
+    """α = 1: labels are v(y_j, σ_j) along the regeneration; any α: the labels carry each y' back to y."""
+    field = LinearField(0.6, torch.randn(1, 2, 4, 4))
+    x0, sigmas = torch.randn(3, 2, 4, 4), flow_sigmas({"shift": 2.0}, 6)
+
+    def solver(v, z, x0, sigma, sigma_next, cond):
+        return v
+
+    res = invert_deepinv(field, x0, sigmas, COND, solver=solver)
+    labels = pseudo_labels(field, solver, x0, sigmas, COND, alpha=1.0)
+    y = res.z_T
+    for j in range(6):
+        v = field(y, sigma_batch(sigmas[j], y), COND)
+        torch.testing.assert_close(labels[:, 5 - j], v, rtol=1e-4, atol=1e-4)
+        y = y + float(sigmas[j + 1] - sigmas[j]) * v
+    blended = pseudo_labels(field, solver, x0, sigmas, COND, alpha=0.5)
+    trajectory = invert_deepinv(field, x0, sigmas, COND, solver=solver, keep_trajectory=True).trajectory
+    y = res.z_T
+    for j in range(6):
+        h = float(sigmas[j] - sigmas[j + 1])
+        lower = y - h * field(y, sigma_batch(sigmas[j], y), COND)
+        if j < 3:  # the interpolation augmentation, first half of the regeneration
+            lower = 0.5 * lower + 0.5 * trajectory[5 - j]
+        torch.testing.assert_close(blended[:, 5 - j], (y - lower) / h, rtol=1e-4, atol=1e-4)
+        y = lower
+    assert not torch.allclose(blended[:, 5], labels[:, 5])
