@@ -236,6 +236,8 @@ def info() -> None:
     table.add_row("cuda devices", ", ".join(gpus) if gpus else "none")
     shipped = "present" if (DEFAULT_MODEL / "model_index.json").is_file() else "missing"
     table.add_row("default model", f"{DEFAULT_MODEL} ({shipped})")
+    solver = "present" if (DEFAULT_MODEL / "solver" / "config.json").is_file() else "missing"
+    table.add_row("default DeepInv solver", f"{DEFAULT_MODEL / 'solver'} ({solver})")
     table.add_row("engines", "torch")
     table.add_row("methods", ", ".join(METHODS))
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")

@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data
-from tiny_models import SD3_JOINT_DIM, SD3_LATENT_CHANNELS, SD3_POOLED_DIM
+from tiny_models import (
+    FLUX_CLIP_DIM,
+    FLUX_LATENT_CHANNELS,
+    SD3_JOINT_DIM,
+    SD3_LATENT_CHANNELS,
+    SD3_POOLED_DIM,
+)
 
 import fastinv
 from fastinv.conditioning import Conditioning
@@ -244,3 +250,14 @@ def test_pseudo_labels_are_the_regeneration_noise() -> None:
         torch.testing.assert_close(blended[:, 5 - j], (y - lower) / h, rtol=1e-4, atol=1e-4)
         y = lower
     assert not torch.allclose(blended[:, 5], labels[:, 5])
+
+
+def test_deepinv_on_flux_latents(tiny_flux_dir: Path, photo: np.ndarray) -> None:
+    """FLUX's adapter keeps latents [B, C, H, W] outside itself: patch 2 in the solver is FLUX's packing."""
+    solver = DeepInvSolver(**(TINY | {"in_channels": FLUX_LATENT_CHANNELS, "pooled_dim": FLUX_CLIP_DIM}))
+    torch.nn.init.normal_(solver.proj_out.weight, std=0.05)
+    inv = fastinv.load(tiny_flux_dir, device="cpu")
+    res = inv.invert(photo, prompt="a dog", method="deepinv", steps=3, solver=TorchSolver(solver.eval()))
+    euler = inv.invert(photo, prompt="a dog", method="euler", steps=3)
+    assert res.result.nfe == 3 and res.z_T.shape == euler.z_T.shape
+    assert torch.isfinite(res.z_T).all() and not torch.allclose(res.z_T, euler.z_T)

@@ -105,8 +105,8 @@ class SolverTrainConfig:
     def validate(self) -> None:
         if self.inner_iterations < 1:
             raise FastinvError("inner_iterations must be >= 1 (with 0 the fixed-point target is ε̂ itself)")
-        if not self.curriculum or any(t < 1 or e < 0 for t, e in self.curriculum):
-            raise FastinvError(f"curriculum must be [[T >= 1, epochs >= 0], ...], got {self.curriculum}")
+        if not self.curriculum or any(t < 1 or e < 1 for t, e in self.curriculum):
+            raise FastinvError(f"curriculum must be [[T >= 1, epochs >= 1], ...], got {self.curriculum}")
         if self.rounds < 1 or self.batch_size < 1 or self.crops_per_image < 1:
             raise FastinvError("rounds, batch_size and crops_per_image must be >= 1")
 
@@ -139,6 +139,8 @@ def _world() -> tuple[int, int]:
     """(rank, world size); initialises torch.distributed under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
@@ -267,12 +269,13 @@ class SolverTrainer:
             )
             if self.label_solver is not None:
                 self.label_solver.to(model.device).eval().requires_grad_(False)
-        self.network = DistributedDataParallel(self.solver) if self.world > 1 else self.solver
+        self.network: torch.nn.Module = self.solver
+        if self.world > 1:
+            ids = [model.device.index] if model.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.solver, device_ids=ids)
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=model.device.type == "cuda")
-        batch = config.batch_size
-        text = self.cond.prompt_embeds.to(model.device).float().expand(batch, -1, -1)
-        pooled = self.cond.pooled_embeds
-        self.text = text
+        batch, pooled = config.batch_size, self.cond.pooled_embeds
+        self.text = self.cond.prompt_embeds.to(model.device).float().expand(batch, -1, -1)
         self.pooled = None if pooled is None else pooled.to(model.device).float().expand(batch, -1)
         self.rows = _read_log(out, self.position.step) if self.rank == 0 else []
 
