@@ -4,13 +4,14 @@ python benchmarks/deepinv_ablations.py --work DIR [--variants a,b] [--steps 10,2
 
 Each variant is the shipped recipe (fastinv/solver/default_solver.json) at a reduced budget (BUDGET: two
 rounds of a shorter curriculum) with one change; all train on the same crops of the 14 training photos
-and are scored on the 6 held-out photos from z_T alone. Training is skipped for a variant whose
-solver/ already exists under --work (an interrupted one resumes). Writes deepinv_ablations.json.
+and are scored on the 6 held-out photos from z_T alone. Training is skipped for a variant that
+finished under --work (an interrupted one resumes). Writes deepinv_ablations.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import sys
@@ -28,10 +29,10 @@ from fastinv.io import save_json
 from fastinv.solver.training import CHECKPOINT, DEFAULT_RECIPE, SolverTrainConfig, train_solver
 from fastinv.training.photos import HELD_OUT
 
-BUDGET: dict[str, Any] = {"rounds": 2, "curriculum": [[1, 2], [5, 2], [10, 1], [25, 1]]}
+BUDGET: dict[str, Any] = {"rounds": 2, "curriculum": [[1, 2], [5, 1], [10, 1], [25, 1], [50, 1]]}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline (1 left + 2 right, curriculum, pseudo-labels)": {},
-    "T = 50 only (same rounds, ~same optimiser steps)": {"curriculum": [[50, 1]]},
+    "T = 50 only (same rounds, ~same optimiser steps)": {"curriculum": [[50, 2]]},
     "fixed-point loss only (no pseudo-labels)": {"pseudo_labels": False},
     "more right: 1 left + 3 right": {"solver": {"right_layers": 3}},
     "more left: 2 left + 2 right": {"solver": {"left_layers": 2}},
@@ -43,12 +44,11 @@ console = Console()
 
 
 def train_variant(inv: fastinv.Inverter, name: str, work: Path) -> dict[str, Any]:
+    """Train variant `name` under work/KEY (resuming an interrupted run); a finished one is reused."""
     out = work / KEYS[name]
-    if (out / "solver").is_dir() and not (out / CHECKPOINT / "position.json").is_file():
-        return {"trained": "reused"}
-    config = SolverTrainConfig.read(DEFAULT_RECIPE, BUDGET | VARIANTS[name])
     if (out / "log.json").is_file():
-        return {"trained": "reused"}
+        return json.loads((out / "log.json").read_text())
+    config = SolverTrainConfig.read(DEFAULT_RECIPE, BUDGET | VARIANTS[name])
     return train_solver(inv.model, config, "skimage", out, resume=(out / CHECKPOINT).is_dir())
 
 
@@ -58,20 +58,25 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(KEYS.values()))
     parser.add_argument("--steps", default="10,25,50")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--train-only", action="store_true", help="train the variants, score nothing")
     args = parser.parse_args()
     wanted = args.variants.split(",")
     inv = fastinv.load(device="cpu")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, key in KEYS.items():
         if key not in wanted:
             continue
         training = train_variant(inv, name, args.work)
+        if args.train_only:
+            continue
         for steps in (int(s) for s in args.steps.split(",")):
             result = invert_photos(
                 inv, HELD_OUT, steps, False, "deepinv", {"solver": args.work / key / "solver"}
             )
             rows.append({"variant": name, "key": key, "steps": steps, "training": training, **result})
             console.print(f"{key} T={steps}: {result['mean']}")
+    if args.train_only:
+        return
     table = Table(title="DeepInv ablations (6 held-out photos, reconstruction from z_T)")
     for column in ("variant", "T", "PSNR dB", "SSIM", "LPIPS"):
         table.add_column(column, justify="left" if column == "variant" else "right")

@@ -4,7 +4,8 @@ python benchmarks/methods.py [--model DIR] [--steps 10,25,50] [--photos 6] [--ou
 
 Every method runs through the same runtime (torch, CPU here) on the same photos (skimage photos held
 out of the default model's training), prompt "" and guidance 1; the reconstruction is Euler sampling
-from z_T alone. deepinv uses the model folder's solver/ (the shipped one was trained on the other photos). Writes methods.json (every figure, plus command, hardware and versions) to --out.
+from z_T alone. deepinv uses the model folder's solver/ (the shipped one never saw these photos).
+Writes methods.json (every figure, plus command, hardware and versions) to --out.
 Fidelity is only meaningful on a trained model: random-weight models make every method look exact.
 """
 
