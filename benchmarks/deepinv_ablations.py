@@ -3,7 +3,7 @@
 python benchmarks/deepinv_ablations.py --work DIR [--variants a,b] [--steps 10,25,50] [--out DIR]
 
 Each variant is the shipped recipe (fastinv/solver/default_solver.json) at a reduced budget (BUDGET: two
-rounds of a shorter curriculum) with one change; all train on the same crops of the 14 training photos
+rounds, 2 crops per photo, one epoch per T ≥ 5) with one change; all train on the same crops of the 14 photos
 and are scored on the 6 held-out photos from z_T alone. Training is skipped for a variant that
 finished under --work (an interrupted one resumes). Writes deepinv_ablations.json.
 """
@@ -29,7 +29,11 @@ from fastinv.io import save_json
 from fastinv.solver.training import CHECKPOINT, DEFAULT_RECIPE, SolverTrainConfig, train_solver
 from fastinv.training.photos import HELD_OUT
 
-BUDGET: dict[str, Any] = {"rounds": 2, "curriculum": [[1, 2], [5, 1], [10, 1], [25, 1], [50, 1]]}
+BUDGET: dict[str, Any] = {
+    "rounds": 2,
+    "crops_per_image": 2,
+    "curriculum": [[1, 2], [5, 1], [10, 1], [25, 1], [50, 1]],
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline (1 left + 2 right, curriculum, pseudo-labels)": {},
     "T = 50 only (same rounds, ~same optimiser steps)": {"curriculum": [[50, 2]]},

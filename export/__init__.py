@@ -1,4 +1,5 @@
 """ONNX and TensorRT export of the denoiser and solver (installed as ``fastinv.export``).
 
-Empty until the export issue lands: nothing here pretends to be implemented.
+``fastinv.export.onnx``: torch → ONNX (velocity and DeepInv solver graphs) and the ORT-vs-torch parity
+check; ``fastinv.export.graphs``: the graph boundaries and export patches. TensorRT engines come next.
 """

@@ -1,0 +1,218 @@
+"""ONNX Runtime backend: an exported velocity or solver graph behind the VelocityModel / SolverModel calls.
+
+The session is created once per graph. Inputs and the output are torch tensors bound in place through
+ORT's IO binding (CPU memory here, device memory under the CUDA / TensorRT execution providers), so the
+same method code runs unchanged on torch and on ORT. Graph IO is float32; the network inside runs in
+the precision the graph was exported with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastinv.conditioning import Conditioning
+from fastinv.errors import FastinvError
+from fastinv.models.base import FlowModel, TransformerVelocity
+from fastinv.models.flux import DEFAULT_EMBEDDED_GUIDANCE
+from fastinv.runtime.spec import GraphSpec, read_spec
+
+Provider = str | tuple[str, dict[str, Any]]
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise FastinvError("the ort engine needs onnxruntime: pip install 'fastinv[onnx]'") from err
+    return onnxruntime
+
+
+def choose_providers(
+    device: torch.device, available: Sequence[str] | None = None, *, tensorrt: bool = False
+) -> list[Provider]:
+    """Execution providers for `device`, by availability: CPU for cpu; CUDA (TensorRT first if asked for
+    and installed) with CPU fallback for cuda:N. `available` defaults to what this onnxruntime offers."""
+    if available is None:
+        available = _onnxruntime().get_available_providers()
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise FastinvError(f"the ort engine runs on cpu or cuda, not {device}")
+    if "CUDAExecutionProvider" not in available:
+        raise FastinvError(
+            f"{device} asked for, but this onnxruntime has no CUDA provider (it has {', '.join(available)}): "
+            "pip install onnxruntime-gpu"
+        )
+    options = {"device_id": device.index or 0}
+    providers: list[Provider] = []
+    if tensorrt and "TensorrtExecutionProvider" in available:
+        providers.append(("TensorrtExecutionProvider", options))
+    return [*providers, ("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+class OrtGraph:
+    """One exported graph in one ORT session: `run({name: tensor})` → output tensor on `device`.
+
+    Raises a one-line FastinvError when the file is missing, is of another kind or precision than asked
+    for, cannot be run by the chosen providers, or is fed shapes outside its exported axes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        kind: str,
+        *,
+        precision: str | None = None,
+        device: torch.device | str = "cpu",
+        providers: Sequence[Provider] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.spec: GraphSpec = read_spec(self.path)
+        self.spec.expect(self.path, kind=kind, precision=precision)
+        self.device = torch.device(device)
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.device.type == "cpu":
+            options.intra_op_num_threads = torch.get_num_threads()
+        chosen = list(providers) if providers is not None else choose_providers(self.device)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
+        except Exception as err:  # ORT's pybind errors (Fail, NotImplemented, …) share no narrower base
+            reason = str(err).strip().splitlines()[0]
+            raise FastinvError(
+                f"ONNX Runtime cannot run {self.path} ({self.spec.precision}) on {self.device}: {reason}"
+            ) from err
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Inputs: float32 tensors by graph input name (any device); → the float32 output on `device`."""
+        self.spec.check_inputs({name: tuple(t.shape) for name, t in inputs.items()}, self.path)
+        feeds = {}
+        for name in self.spec.inputs:
+            feeds[name] = inputs[name].detach().to(self.device, torch.float32).contiguous()
+        out = torch.empty_like(feeds[self.spec.output_like])
+        kind, index = self.device.type, self.device.index or 0
+        binding = self.session.io_binding()
+        for name, tensor in feeds.items():
+            binding.bind_input(name, kind, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        binding.bind_output(self.spec.output, kind, index, np.float32, tuple(out.shape), out.data_ptr())
+        if kind == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch's queued kernels
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return out
+
+
+class OrtVelocity(TransformerVelocity):
+    """A VelocityModel on an exported velocity graph: CFG batching and blending are the torch adapters'
+    (`TransformerVelocity.__call__`); only `predict` runs in ONNX Runtime. Not differentiable."""
+
+    def __init__(self, graph: OrtGraph) -> None:
+        self.graph = graph
+        self.dtype = torch.float32  # the graph's IO dtype; `precision` is the network's inside it
+        self.precision = graph.spec.precision
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        model: FlowModel | None = None,
+        precision: str | None = None,
+        device: torch.device | str | None = None,
+        providers: Sequence[Provider] | None = None,
+    ) -> OrtVelocity:
+        """The graph at `path`, checked against `model` (family and transformer config) and `precision`."""
+        device = device if device is not None else (model.device if model is not None else "cpu")
+        graph = OrtGraph(path, "velocity", precision=precision, device=device, providers=providers)
+        network = getattr(model.velocity, "network", None) if model is not None else None
+        if network is not None:
+            graph.spec.expect_model(graph.path, model.family, network.config)
+        return cls(graph)
+
+    @property
+    def device(self) -> torch.device:
+        return self.graph.device
+
+    def predict(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled_embeds: torch.Tensor | None,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        """z: [B, C, H, W]; sigma: [B] σ (the graph makes the transformer's timestep) → v [B, C, H, W]."""
+        if z.requires_grad:
+            raise FastinvError("the ort engine is not differentiable: use the torch engine for this method")
+        inputs = {"latents": z, "sigma": sigma, "prompt_embeds": prompt_embeds}
+        if pooled_embeds is not None:
+            inputs["pooled_embeds"] = pooled_embeds
+        if "guidance" in self.graph.spec.inputs:
+            value = DEFAULT_EMBEDDED_GUIDANCE if cond.embedded_guidance is None else cond.embedded_guidance
+            inputs["guidance"] = torch.full_like(sigma, value, dtype=torch.float32)
+        v = self.graph.run(inputs)
+        if self.precision == "fp16" and not torch.isfinite(v).all():
+            raise FastinvError(f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: export bf16 or fp32")
+        return v
+
+
+class OrtSolver:
+    """A SolverModel on an exported DeepInv solver graph, with TorchSolver's contract: float32 state in and
+    out, the prompt (never the null branch) broadcast to the batch."""
+
+    def __init__(self, graph: OrtGraph) -> None:
+        self.graph = graph
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        config: dict[str, Any] | None = None,
+        precision: str | None = None,
+        device: torch.device | str = "cpu",
+        providers: Sequence[Provider] | None = None,
+    ) -> OrtSolver:
+        """The graph at `path`, checked against a solver `config` (DeepInvSolver.config) and `precision`."""
+        graph = OrtGraph(path, "solver", precision=precision, device=device, providers=providers)
+        if config is not None:
+            graph.spec.expect_model(graph.path, "deepinv", config)
+        return cls(graph)
+
+    @property
+    def device(self) -> torch.device:
+        return self.graph.device
+
+    def __call__(
+        self,
+        v: torch.Tensor,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        """v, z, x0: [B, C, H, W] float32; sigma < sigma_next: [B] σ; returns ε̂ [B, C, H, W] float32."""
+        batch = v.shape[0]
+        inputs = {
+            "v": v,
+            "z": z,
+            "x0": x0,
+            "text": cond.prompt_embeds.expand(batch, -1, -1),
+            "sigma": sigma,
+            "sigma_next": sigma_next,
+        }
+        if cond.pooled_embeds is not None:
+            inputs["pooled"] = cond.pooled_embeds.expand(batch, -1)
+        eps = self.graph.run(inputs)
+        if not torch.isfinite(eps).all():
+            raise FastinvError(
+                f"non-finite solver output at σ={sigma[0].item():.4f} ({self.graph.spec.precision})"
+            )
+        return eps
