@@ -25,6 +25,7 @@ from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel
 from fastinv.runtime.ort import OrtGraph
 from fastinv.runtime.spec import Axis, GraphSpec
+from fastinv.runtime.trt import TrtGraph
 from fastinv.solver.model import TorchSolver
 from fastinv.solver.network import DeepInvSolver
 
@@ -210,9 +211,9 @@ def _torch_output(reference: FlowModel | DeepInvSolver, inputs: dict[str, torch.
 
 @dataclass(frozen=True)
 class ParityReport:
-    """One random-input comparison of ONNX Runtime against torch.
+    """One random-input comparison of an engine (ort: ONNX Runtime, trt: TensorRT) against torch.
 
-    error: max|ort − torch| / max|torch| over all elements (the "max relative error" of DESIGN §4).
+    error: max|engine − torch| / max|torch| over all elements (the "max relative error" of DESIGN §4).
     """
 
     path: Path
@@ -220,6 +221,7 @@ class ParityReport:
     sizes: dict[str, int]
     error: float
     tolerance: float
+    engine: str = "ort"
 
     @property
     def passed(self) -> bool:
@@ -229,8 +231,8 @@ class ParityReport:
         sizes = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
         verdict = "ok" if self.passed else "FAILED"
         return (
-            f"{self.path.name} [{self.precision}] {sizes}: max|ort−torch|/max|torch| = {self.error:.2e} "
-            f"(tolerance {self.tolerance:.0e}) {verdict}"
+            f"{self.path.name} [{self.precision}] {sizes}: max|{self.engine}−torch|/max|torch| = "
+            f"{self.error:.2e} (tolerance {self.tolerance:.0e}) {verdict}"
         )
 
 
@@ -245,14 +247,17 @@ def check_parity(
     seed: int = 0,
     device: torch.device | str = "cpu",
     tolerance: float | None = None,
+    engine: str = "ort",
 ) -> ParityReport:
-    """Run the graph at `path` in ONNX Runtime and `reference` (the torch model it was exported from,
-    ideally in fp32) in torch on the same random inputs; raise FastinvError above the tolerance.
+    """Run the graph at `path` in `engine` (ort: an ONNX file in ONNX Runtime; trt: a TensorRT engine file)
+    and `reference` (the torch model it was exported from, ideally in fp32) in torch on the same random
+    inputs; raise FastinvError above the tolerance.
 
     Sizes default to the export's example (height and width in latent pixels) with batch `batch`.
     """
     torch_model = reference.network if isinstance(reference, TorchSolver) else reference
-    graph = OrtGraph(path, "velocity" if isinstance(torch_model, FlowModel) else "solver", device=device)
+    kind = "velocity" if isinstance(torch_model, FlowModel) else "solver"
+    graph = OrtGraph(path, kind, device=device) if engine == "ort" else TrtGraph(path, kind, device=device)
     spec = graph.spec
     if isinstance(torch_model, FlowModel):
         spec.expect_model(graph.path, torch_model.family, torch_model.velocity.network.config)
@@ -272,7 +277,7 @@ def check_parity(
     actual = actual.to(expected.device)
     error = ((actual - expected).abs().max() / expected.abs().max()).item()
     tolerance = TOLERANCE[spec.precision] if tolerance is None else tolerance
-    report = ParityReport(graph.path, spec.precision, sizes, error, tolerance)
+    report = ParityReport(graph.path, spec.precision, sizes, error, tolerance, engine)
     if not report.passed:
         raise FastinvError(f"parity check failed: {report}")
     return report

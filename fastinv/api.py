@@ -4,10 +4,13 @@ inv = fastinv.load("path/to/sd3-folder", device="cuda")
 res = inv.invert("photo.png", prompt="a cat", method="euler", steps=28)
 rec = inv.reconstruct(res)          # rec.image is a PIL image
 print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
+
+The same calls run on exported graphs: fastinv.load(..., engine="ort" | "trt", engine_dir=folder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,17 @@ import torch
 from PIL import Image
 
 from fastinv.conditioning import Conditioning
-from fastinv.device import resolve_device, resolve_dtype
+from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.io import LoadedImage, load_image, pixels_to_pil
 from fastinv.methods import InversionResult, StepCallback, check_options, get_method, method_options
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
+from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity
+from fastinv.runtime.graph import GraphSolver
 from fastinv.sampling import sample_euler
-from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver
+from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
 ImageSource = str | Path | Image.Image | np.ndarray
 
@@ -66,29 +71,48 @@ class Inverter:
     """A loaded model plus the invert → reconstruct → evaluate path, for any registered method.
 
     solver_dir: the DeepInv solver for method "deepinv" (default: the model folder's solver/), loaded
-    on first use.
+    on first use. engine / engine_dir: what runs the solver: with "ort" or "trt", the solver exported
+    to engine_dir when it holds one (checked against solver_dir's config), else the torch solver.
     """
 
-    def __init__(self, model: FlowModel, solver_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: FlowModel,
+        solver_dir: str | Path | None = None,
+        *,
+        engine: str = "torch",
+        engine_dir: str | Path | None = None,
+    ) -> None:
         self.model = model
         self.solver_dir = Path(solver_dir) if solver_dir is not None else model.solver_dir
-        self._solver: TorchSolver | None = None
+        self.engine = engine
+        self.engine_dir = engine_folder(engine, engine_dir)
+        self._solver: TorchSolver | GraphSolver | None = None
 
     @property
-    def solver(self) -> TorchSolver:
+    def solver(self) -> TorchSolver | GraphSolver:
         """The trained DeepInv solver, loaded once, checked against the model."""
         if self._solver is None:
-            if self.solver_dir is None:
-                raise FastinvError(
-                    f"method deepinv needs a trained solver: {self.model.name} has no solver/ folder; "
-                    "pass --solver DIR (fastinv train writes one)"
-                )
             self._solver = self._load_solver(self.solver_dir)
         return self._solver
 
-    def _load_solver(self, folder: str | Path) -> TorchSolver:
-        solver = load_solver(folder, self.model.device, self.model.dtype)
-        check_solver_fits(solver, self.model.codec.channels, self.model.conditioning(""))
+    def _load_solver(self, folder: str | Path | None) -> TorchSolver | GraphSolver:
+        """The solver of `folder` on this inverter's engine: its exported graph in engine_dir if there is
+        one, else the torch solver; checked against the model."""
+        config = None if folder is None else read_solver_config(folder)
+        solver: TorchSolver | GraphSolver | None = None
+        if self.engine_dir is not None:
+            precision = precision_name(self.model.dtype)
+            solver = engine_solver(self.engine, self.engine_dir, precision, self.model.device, config)
+        if solver is None:
+            if folder is None:
+                held = "" if self.engine_dir is None else f" and {self.engine_dir} holds no exported solver"
+                raise FastinvError(
+                    f"method deepinv needs a trained solver: {self.model.name} has no solver/ folder{held}; "
+                    "pass --solver DIR (fastinv train writes one)"
+                )
+            solver = load_solver(folder, self.model.device, self.model.dtype)
+        check_solver_fits(solver.config, self.model.codec.channels, self.model.conditioning(""))
         return solver
 
     def prepare_image(self, image: ImageSource) -> LoadedImage:
@@ -121,11 +145,13 @@ class Inverter:
         if "solver" in method_options(method):
             given = options.get("solver")
             if given is None:
-                options["solver"], recorded["solver"] = self.solver, str(self.solver_dir)
+                options["solver"], source = self.solver, self.solver_dir
             elif isinstance(given, str | Path):
-                options["solver"], recorded["solver"] = self._load_solver(given), str(given)
+                options["solver"], source = self._load_solver(given), given
             else:
-                recorded["solver"] = type(given).__name__
+                source = type(given).__name__
+            graph = getattr(options["solver"], "graph", None)  # an exported solver: record its file
+            recorded["solver"] = str(graph.path if graph is not None else source)
         loaded = image if isinstance(image, LoadedImage) else self.prepare_image(image)
         cond = self.model.conditioning(prompt, guidance, embedded_guidance)
         x0 = self.model.codec.encode(loaded.pixels.to(self.model.device))
@@ -169,15 +195,23 @@ def load(
     dtype: str = "auto",
     embeddings: str | Path | None = None,
     solver: str | Path | None = None,
+    engine: str = "torch",
+    engine_dir: str | Path | None = None,
 ) -> Inverter:
     """Load a local diffusers folder (SD3, FLUX; None: the shipped default model) for inversion.
 
     device: auto | cpu | cuda[:N]; dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16;
     embeddings: a precomputed prompt-embeddings file, for folders without text encoders;
-    solver: a DeepInv solver folder for method "deepinv" (default: the model folder's solver/).
+    solver: a DeepInv solver folder for method "deepinv" (default: the model folder's solver/);
+    engine: torch | ort | trt: what runs the denoiser (and the solver, when engine_dir holds it);
+    engine_dir: the folder `fastinv export` wrote, whose graphs are picked by dtype
+    (velocity.<dtype>.onnx, solver.<dtype>.onnx, TensorRT engines beside them).
     """
+    folder = engine_folder(engine, engine_dir)
     torch_device = resolve_device(device)
-    model = load_model(
-        model_dir, device=torch_device, dtype=resolve_dtype(dtype, torch_device), embeddings=embeddings
-    )
-    return Inverter(model, solver)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model = load_model(model_dir, device=torch_device, dtype=torch_dtype, embeddings=embeddings)
+    if folder is not None:
+        velocity = engine_velocity(engine, folder, model, precision_name(torch_dtype))
+        model = dataclasses.replace(model, velocity=velocity)
+    return Inverter(model, solver, engine=engine, engine_dir=folder)

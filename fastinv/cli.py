@@ -86,6 +86,14 @@ def invert(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-out"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")] = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(help="What runs the denoiser (and solver): torch | ort | trt (see `fastinv export`)."),
+    ] = "torch",
+    engine_dir: Annotated[
+        Path | None,
+        typer.Option(help="For ort / trt: the folder `fastinv export` wrote (graphs by --dtype)."),
+    ] = None,
 ) -> None:
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
     _quiet_libraries()
@@ -101,12 +109,21 @@ def invert(
         raise FastinvError("no images given: name image files, or pass --example for the shipped photo")
     names = _output_names(images)
     with console.status(f"loading {model or 'the shipped default model'}"):
-        inverter = load(model, device=device, dtype=dtype, embeddings=embeddings, solver=solver)
+        inverter = load(
+            model,
+            device=device,
+            dtype=dtype,
+            embeddings=embeddings,
+            solver=solver,
+            engine=engine,
+            engine_dir=engine_dir,
+        )
     loaded = {image: inverter.prepare_image(image) for image in images}
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
 
-    table = Table(title=f"{method}, {steps} steps, {inverter.model.family} on {inverter.model.device}")
+    title = f"{method}, {steps} steps, {inverter.model.family} on {inverter.model.device} ({engine} engine)"
+    table = Table(title=title)
     for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
         table.add_column(column, justify="left" if column == "image" else "right")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -208,6 +225,152 @@ def train(
         )
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Output folder; pass it as `fastinv invert --engine-dir`.")],
+    model: Annotated[
+        Path | None, typer.Option(help="Local diffusers folder; default: the shipped default model.")
+    ] = None,
+    solver: Annotated[
+        Path | None, typer.Option(help="DeepInv solver folder to export too (default: MODEL/solver if any).")
+    ] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="onnx | trt (trt: the ONNX graphs, then TensorRT engines).")
+    ] = "onnx",
+    precision: Annotated[
+        str, typer.Option(help="Network dtype inside the graphs: fp32 | bf16 | fp16.")
+    ] = "fp32",
+    batch: Annotated[
+        str, typer.Option(help="trt profile: images per call MIN:OPT:MAX (CFG doubles them).")
+    ] = "1:1:2",
+    size: Annotated[
+        str | None, typer.Option(help="trt profile: image side MIN:OPT:MAX in pixels, for height and width.")
+    ] = None,
+    text: Annotated[
+        str | None,
+        typer.Option(help="trt profile: prompt length MIN:OPT:MAX in tokens (default: the model's)."),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Compare every export with torch on random inputs; exit 2 above tolerance."
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="Device of the torch model while exporting.")] = "cpu",
+    workspace: Annotated[
+        float | None, typer.Option(help="trt: builder workspace limit in GiB (default: TensorRT's).")
+    ] = None,
+    opt_level: Annotated[int, typer.Option(help="trt: builder optimisation level, 0 (fast build) … 5.")] = 3,
+) -> None:
+    """Export the denoiser (and DeepInv solver) as ONNX graphs and, with --format trt, TensorRT engines."""
+    import logging
+    import resource
+    import time
+
+    from fastinv.device import DTYPES
+    from fastinv.runtime.profile import parse_range
+
+    if format_ not in ("onnx", "trt"):
+        raise FastinvError(f"unknown format {format_!r}: use onnx or trt")
+    if precision not in DTYPES:
+        raise FastinvError(f"unknown precision {precision!r}: use {', '.join(DTYPES)}")
+    batch_range = parse_range(batch, "--batch")
+    size_range = None if size is None else parse_range(size, "--size")
+    text_range = None if text is None else parse_range(text, "--text")
+    if format_ == "trt":
+        from fastinv.runtime.trt import tensorrt_module
+
+        tensorrt_module()  # before any work: one line when TensorRT is missing
+    _quiet_libraries()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
+    from fastinv.api import load
+    from fastinv.export.onnx import check_parity, export_solver, export_velocity
+    from fastinv.runtime.graph import graph_stem
+    from fastinv.solver.model import check_solver_fits, load_solver
+
+    with console.status(f"loading {model or 'the shipped default model'}"):
+        inverter = load(model, device=device, dtype="fp32", solver=solver)
+    flow = inverter.model
+    references: dict[Path, Any] = {}
+    clock = time.perf_counter()
+    path = export_velocity(flow, out / f"{graph_stem('velocity', precision)}.onnx", precision=precision)
+    references[path] = flow
+    if inverter.solver_dir is not None:
+        torch_solver = load_solver(inverter.solver_dir, flow.device)
+        check_solver_fits(torch_solver.config, flow.codec.channels, flow.conditioning(""))
+        path = export_solver(
+            torch_solver, out / f"{graph_stem('solver', precision)}.onnx", precision=precision
+        )
+        references[path] = torch_solver
+    else:
+        console.print(
+            f"[dim]{flow.name} has no solver/ folder and no --solver: velocity graph only[/dim]",
+            soft_wrap=True,
+        )
+    seconds = time.perf_counter() - clock
+    for path in references:
+        megabytes = sum(f.stat().st_size for f in out.glob(path.name + "*")) / 2**20
+        console.print(f"wrote {path} ({megabytes:.1f} MB)", markup=False, soft_wrap=True)
+    console.print(f"exported {len(references)} graph(s) in {seconds:.1f} s")
+    if check:
+        for path, reference in references.items():
+            report = check_parity(path, reference, device=flow.device)
+            console.print(str(report), markup=False, soft_wrap=True)
+    if format_ == "trt":
+        _build_engines(
+            references, flow, batch_range, size_range, text_range, device, workspace, opt_level, check
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    console.print(f"peak memory (RSS of this process) {peak:.0f} MB")
+
+
+def _build_engines(
+    references: dict[Path, Any],
+    flow: Any,
+    batch: tuple[int, int, int],
+    size: tuple[int, int, int] | None,
+    text: tuple[int, int, int] | None,
+    device: str,
+    workspace: float | None,
+    opt_level: int,
+    check: bool,
+) -> None:
+    """A TensorRT engine per exported graph (reused from the cache when one fits), parity-checked if asked."""
+    from fastinv.export.onnx import check_parity
+    from fastinv.export.tensorrt import build_engine
+    from fastinv.runtime.profile import plan_profile
+    from fastinv.runtime.spec import read_spec
+
+    if text is None:
+        try:
+            length = flow.encode_prompt("")[0].shape[1]
+        except FastinvError as err:
+            raise FastinvError(f"give --text MIN:OPT:MAX (the prompt length in tokens): {err}") from err
+        text = (length, length, length)
+    build_device = device if device.startswith("cuda") else "cuda"
+    for path, reference in references.items():
+        profile = plan_profile(
+            read_spec(path),
+            batch=batch,
+            size=size,
+            text=text,
+            scale=flow.codec.scale_factor,
+            source=path.name,
+        )
+        built = build_engine(
+            path,
+            profile,
+            device=build_device,
+            workspace=None if workspace is None else int(workspace * 2**30),
+            optimization_level=opt_level,
+        )
+        verb = "built" if built.built else "reused cached"
+        console.print(f"{verb} {built.path} for {profile.describe()}", markup=False, soft_wrap=True)
+        if check:
+            report = check_parity(built.path, reference, device=build_device, engine="trt")
+            console.print(str(report), markup=False, soft_wrap=True)
+
+
 def _version_of(package: str) -> str:
     try:
         return version(package)
@@ -224,6 +387,7 @@ def info() -> None:
     from fastinv.lpips import lpips_available
     from fastinv.methods import METHODS
     from fastinv.models import DEFAULT_MODEL
+    from fastinv.runtime.engines import available_engines
 
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
@@ -238,7 +402,7 @@ def info() -> None:
     table.add_row("default model", f"{DEFAULT_MODEL} ({shipped})")
     solver = "present" if (DEFAULT_MODEL / "solver" / "config.json").is_file() else "missing"
     table.add_row("default DeepInv solver", f"{DEFAULT_MODEL / 'solver'} ({solver})")
-    table.add_row("engines", "torch")
+    table.add_row("engines", ", ".join(available_engines()))
     table.add_row("methods", ", ".join(METHODS))
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")
     console.print(table)

@@ -33,3 +33,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise FastinvError(f"unknown dtype {name!r}: use auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """torch.float32 → "fp32" (bf16, fp16): the name exported graphs and engines are filed under."""
+    names = {value: name for name, value in DTYPES.items()}
+    if dtype not in names:
+        raise FastinvError(f"no exported precision runs {dtype}: use {', '.join(DTYPES)}")
+    return names[dtype]

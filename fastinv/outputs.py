@@ -15,7 +15,7 @@ from fastinv.models import FlowModel
 
 
 def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
-    """Provenance of z_T: model, method, schedule (σ), prompt, guidance, image, device, version."""
+    """Provenance of z_T: model, method, schedule (σ), prompt, guidance, image, engine, device, version."""
     image = inversion.image
     return {
         "fastinv_version": __version__,
@@ -31,6 +31,7 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
         "prompt": inversion.cond.prompt,
         "guidance": inversion.cond.guidance_scale,
         "embedded_guidance": inversion.cond.embedded_guidance,
+        "engine": model.velocity.engine,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
     }

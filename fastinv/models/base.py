@@ -50,7 +50,10 @@ class TransformerVelocity:
     Subclasses implement `predict(z, sigma, prompt_embeds, pooled_embeds, cond)` for a batch whose
     text tensors already match the batch size; this class does the CFG batching and blend, the
     dtype round trip (float32 state, network dtype inside) and the fp16 overflow check.
+    `engine` names what runs `predict` (torch here; ort and trt for exported graphs).
     """
+
+    engine = "torch"
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         self.network = network

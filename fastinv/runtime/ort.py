@@ -8,17 +8,16 @@ the precision the graph was exported with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.models.base import FlowModel, TransformerVelocity
-from fastinv.models.flux import DEFAULT_EMBEDDED_GUIDANCE
+from fastinv.models.base import FlowModel
+from fastinv.runtime.graph import GraphSolver, GraphVelocity
 from fastinv.runtime.spec import GraphSpec, read_spec
 
 Provider = str | tuple[str, dict[str, Any]]
@@ -108,14 +107,10 @@ class OrtGraph:
         return out
 
 
-class OrtVelocity(TransformerVelocity):
-    """A VelocityModel on an exported velocity graph: CFG batching and blending are the torch adapters'
-    (`TransformerVelocity.__call__`); only `predict` runs in ONNX Runtime. Not differentiable."""
+class OrtVelocity(GraphVelocity):
+    """A VelocityModel on an exported velocity graph in ONNX Runtime (see `GraphVelocity`)."""
 
-    def __init__(self, graph: OrtGraph) -> None:
-        self.graph = graph
-        self.dtype = torch.float32  # the graph's IO dtype; `precision` is the network's inside it
-        self.precision = graph.spec.precision
+    engine = "ort"
 
     @classmethod
     def load(
@@ -135,46 +130,18 @@ class OrtVelocity(TransformerVelocity):
             graph.spec.expect_model(graph.path, model.family, network.config)
         return cls(graph)
 
-    @property
-    def device(self) -> torch.device:
-        return self.graph.device
 
-    def predict(
-        self,
-        z: torch.Tensor,
-        sigma: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        pooled_embeds: torch.Tensor | None,
-        cond: Conditioning,
-    ) -> torch.Tensor:
-        """z: [B, C, H, W]; sigma: [B] σ (the graph makes the transformer's timestep) → v [B, C, H, W]."""
-        if z.requires_grad:
-            raise FastinvError("the ort engine is not differentiable: use the torch engine for this method")
-        inputs = {"latents": z, "sigma": sigma, "prompt_embeds": prompt_embeds}
-        if pooled_embeds is not None:
-            inputs["pooled_embeds"] = pooled_embeds
-        if "guidance" in self.graph.spec.inputs:
-            value = DEFAULT_EMBEDDED_GUIDANCE if cond.embedded_guidance is None else cond.embedded_guidance
-            inputs["guidance"] = torch.full_like(sigma, value, dtype=torch.float32)
-        v = self.graph.run(inputs)
-        if self.precision == "fp16" and not torch.isfinite(v).all():
-            raise FastinvError(f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: export bf16 or fp32")
-        return v
+class OrtSolver(GraphSolver):
+    """A SolverModel on an exported DeepInv solver graph in ONNX Runtime (see `GraphSolver`)."""
 
-
-class OrtSolver:
-    """A SolverModel on an exported DeepInv solver graph, with TorchSolver's contract: float32 state in and
-    out, the prompt (never the null branch) broadcast to the batch."""
-
-    def __init__(self, graph: OrtGraph) -> None:
-        self.graph = graph
+    engine = "ort"
 
     @classmethod
     def load(
         cls,
         path: str | Path,
         *,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
         precision: str | None = None,
         device: torch.device | str = "cpu",
         providers: Sequence[Provider] | None = None,
@@ -184,35 +151,3 @@ class OrtSolver:
         if config is not None:
             graph.spec.expect_model(graph.path, "deepinv", config)
         return cls(graph)
-
-    @property
-    def device(self) -> torch.device:
-        return self.graph.device
-
-    def __call__(
-        self,
-        v: torch.Tensor,
-        z: torch.Tensor,
-        x0: torch.Tensor,
-        sigma: torch.Tensor,
-        sigma_next: torch.Tensor,
-        cond: Conditioning,
-    ) -> torch.Tensor:
-        """v, z, x0: [B, C, H, W] float32; sigma < sigma_next: [B] σ; returns ε̂ [B, C, H, W] float32."""
-        batch = v.shape[0]
-        inputs = {
-            "v": v,
-            "z": z,
-            "x0": x0,
-            "text": cond.prompt_embeds.expand(batch, -1, -1),
-            "sigma": sigma,
-            "sigma_next": sigma_next,
-        }
-        if cond.pooled_embeds is not None:
-            inputs["pooled"] = cond.pooled_embeds.expand(batch, -1)
-        eps = self.graph.run(inputs)
-        if not torch.isfinite(eps).all():
-            raise FastinvError(
-                f"non-finite solver output at σ={sigma[0].item():.4f} ({self.graph.spec.precision})"
-            )
-        return eps

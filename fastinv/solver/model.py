@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -44,6 +45,10 @@ class TorchSolver:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.network.config
+
     def __call__(
         self,
         v: torch.Tensor,
@@ -64,13 +69,8 @@ class TorchSolver:
         return eps
 
 
-def load_solver(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> TorchSolver:
-    """A solver folder (config.json + safetensors, as `save_pretrained` writes it) → TorchSolver, frozen.
-
-    Only safetensors are read: a folder holding pickled weights alone is refused.
-    """
+def read_solver_config(path: str | Path) -> dict[str, Any]:
+    """The config.json of a solver folder; one-line errors for a missing folder or another model's config."""
     folder = Path(path)
     if not folder.is_dir():
         raise FastinvError(f"solver folder not found: {folder}")
@@ -81,6 +81,18 @@ def load_solver(
         raise FastinvError(f"cannot read solver config {config_path}: {err}") from err
     if config.get("_class_name") != DeepInvSolver.__name__:
         raise FastinvError(f"{config_path} is not a DeepInv solver (class {config.get('_class_name')!r})")
+    return config
+
+
+def load_solver(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> TorchSolver:
+    """A solver folder (config.json + safetensors, as `save_pretrained` writes it) → TorchSolver, frozen.
+
+    Only safetensors are read: a folder holding pickled weights alone is refused.
+    """
+    folder = Path(path)
+    read_solver_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise FastinvError(f"no {WEIGHTS} in solver folder {folder} (only safetensors weights are loaded)")
     network = DeepInvSolver.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
@@ -89,16 +101,16 @@ def load_solver(
     return TorchSolver(network, dtype)
 
 
-def check_solver_fits(solver: TorchSolver, channels: int, cond: Conditioning) -> None:
-    """One-line error when a solver was built for another model (latent channels or text widths differ)."""
-    config = solver.network.config
+def check_solver_fits(config: Mapping[str, Any], channels: int, cond: Conditioning) -> None:
+    """One-line error when a solver (its DeepInvSolver config: a TorchSolver's, or the one an exported
+    graph records) was built for another model: latent channels or text widths differ."""
     problems = []
-    if config.in_channels != channels:
-        problems.append(f"latent channels {config.in_channels} vs the model's {channels}")
-    if config.text_dim != cond.prompt_embeds.shape[-1]:
-        problems.append(f"text width {config.text_dim} vs {cond.prompt_embeds.shape[-1]}")
+    if config["in_channels"] != channels:
+        problems.append(f"latent channels {config['in_channels']} vs the model's {channels}")
+    if config["text_dim"] != cond.prompt_embeds.shape[-1]:
+        problems.append(f"text width {config['text_dim']} vs {cond.prompt_embeds.shape[-1]}")
     pooled = None if cond.pooled_embeds is None else cond.pooled_embeds.shape[-1]
-    if config.pooled_dim != pooled:
-        problems.append(f"pooled width {config.pooled_dim} vs {pooled}")
+    if config.get("pooled_dim") != pooled:
+        problems.append(f"pooled width {config.get('pooled_dim')} vs {pooled}")
     if problems:
         raise FastinvError(f"the solver does not fit this model: {'; '.join(problems)}")

@@ -1,0 +1,121 @@
+"""What every engine backend shares: an exported graph behind the VelocityModel / SolverModel calls.
+
+A `Graph` (an ONNX Runtime session or a TensorRT engine) runs `{input name: tensor}` → its output tensor
+with float32 IO and knows its `GraphSpec`. `GraphVelocity` and `GraphSolver` put any such graph behind
+the calls the method code makes, so the methods never know which engine runs the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from fastinv.conditioning import Conditioning
+from fastinv.errors import FastinvError
+from fastinv.models.base import TransformerVelocity
+from fastinv.models.flux import DEFAULT_EMBEDDED_GUIDANCE
+from fastinv.runtime.spec import GraphSpec
+
+
+def graph_stem(kind: str, precision: str) -> str:
+    """The file stem `fastinv export` gives a graph and its engines: "velocity.fp32", "solver.bf16"."""
+    return f"{kind}.{precision}"
+
+
+class Graph(Protocol):
+    """An exported graph in some engine: float32 tensors by input name in, the float32 output out."""
+
+    path: Path
+    spec: GraphSpec
+    device: torch.device
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+class GraphVelocity(TransformerVelocity):
+    """A VelocityModel on an exported velocity graph: CFG batching and blending are the torch adapters'
+    (`TransformerVelocity.__call__`); only `predict` runs in the engine. Not differentiable."""
+
+    engine = "graph"
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.dtype = torch.float32  # the graph's IO dtype; `precision` is the network's inside it
+        self.precision = graph.spec.precision
+
+    @property
+    def device(self) -> torch.device:
+        return self.graph.device
+
+    def predict(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled_embeds: torch.Tensor | None,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        """z: [B, C, H, W]; sigma: [B] σ (the graph makes the transformer's timestep) → v [B, C, H, W]."""
+        if z.requires_grad:
+            raise FastinvError(
+                f"the {self.engine} engine is not differentiable: use the torch engine for this method"
+            )
+        inputs = {"latents": z, "sigma": sigma, "prompt_embeds": prompt_embeds}
+        if pooled_embeds is not None:
+            inputs["pooled_embeds"] = pooled_embeds
+        if "guidance" in self.graph.spec.inputs:
+            value = DEFAULT_EMBEDDED_GUIDANCE if cond.embedded_guidance is None else cond.embedded_guidance
+            inputs["guidance"] = torch.full_like(sigma, value, dtype=torch.float32)
+        v = self.graph.run(inputs)
+        if self.precision == "fp16" and not torch.isfinite(v).all():
+            raise FastinvError(f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: export bf16 or fp32")
+        return v
+
+
+class GraphSolver:
+    """A SolverModel on an exported DeepInv solver graph, with TorchSolver's contract: float32 state in and
+    out, the prompt (never the null branch) broadcast to the batch."""
+
+    engine = "graph"
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    @property
+    def device(self) -> torch.device:
+        return self.graph.device
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The DeepInvSolver config the graph was exported from."""
+        return self.graph.spec.config
+
+    def __call__(
+        self,
+        v: torch.Tensor,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        cond: Conditioning,
+    ) -> torch.Tensor:
+        """v, z, x0: [B, C, H, W] float32; sigma < sigma_next: [B] σ; returns ε̂ [B, C, H, W] float32."""
+        batch = v.shape[0]
+        inputs = {
+            "v": v,
+            "z": z,
+            "x0": x0,
+            "text": cond.prompt_embeds.expand(batch, -1, -1),
+            "sigma": sigma,
+            "sigma_next": sigma_next,
+        }
+        if cond.pooled_embeds is not None:
+            inputs["pooled"] = cond.pooled_embeds.expand(batch, -1)
+        eps = self.graph.run(inputs)
+        if not torch.isfinite(eps).all():
+            raise FastinvError(
+                f"non-finite solver output at σ={sigma[0].item():.4f} ({self.graph.spec.precision})"
+            )
+        return eps

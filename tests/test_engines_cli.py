@@ -1,0 +1,218 @@
+"""`fastinv export` and `fastinv invert --engine torch|ort|trt` end to end, and the API behind them.
+
+The tiny SD3 (with a tiny DeepInv solver) is exported once per module; the shipped model once in its test.
+TensorRT is absent here: its CLI paths are checked for their one-line errors (the engine code itself runs
+against a fake tensorrt in test_export_trt.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+pytest.importorskip("onnxruntime")
+
+from fastinv.export import onnx as export_onnx
+from test_solver import tiny_solver
+
+import fastinv
+from fastinv.cli import main
+from fastinv.io import load_latents
+from fastinv.runtime.ort import OrtSolver, OrtVelocity
+
+FP32 = export_onnx.TOLERANCE["fp32"]
+
+
+def cli(args: list[str]) -> tuple[int, str, str]:
+    """Run `fastinv ARGS`: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((64, 64), Image.Resampling.LANCZOS).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def solver_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_solver")
+    tiny_solver().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd3_export(
+    tiny_sd3_dir: Path, solver_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """(folder, stdout) of `fastinv export --check` of the tiny SD3 and its solver."""
+    out = tmp_path_factory.mktemp("export_sd3")
+    args = ["export", "--model", str(tiny_sd3_dir), "--solver", str(solver_dir), "--out", str(out), "--check"]
+    code, stdout, stderr = cli(args)
+    assert code == 0, stderr
+    return out, stdout
+
+
+def test_export_check_tiny_sd3_with_solver(sd3_export: tuple[Path, str]) -> None:
+    out, stdout = sd3_export
+    print(stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["solver.fp32.onnx", "velocity.fp32.onnx"]
+    for name in ("velocity.fp32.onnx [fp32]", "solver.fp32.onnx [fp32]"):
+        line = next(line for line in stdout.splitlines() if line.startswith(name))
+        assert "max|ort−torch|/max|torch|" in line and line.endswith("ok")
+    assert "exported 2 graph(s) in" in stdout and "peak memory" in stdout
+
+
+def test_export_shipped_model_then_invert_ort_matches_torch(tmp_path: Path) -> None:
+    """The shipped model: export with --check, then the same photo through `invert` on torch and on ORT
+    (Euler, 8 steps, CFG 2 → batch-2 calls): z_T and the metrics agree to the fp32 parity tolerance."""
+    engine_dir = tmp_path / "engines"
+    code, stdout, stderr = cli(["export", "--out", str(engine_dir), "--check"])
+    assert code == 0, stderr
+    print(stdout)
+    assert "velocity.fp32.onnx [fp32] batch 1" in stdout and "ok" in stdout
+    runs = {}
+    for engine in ("torch", "ort"):
+        out = tmp_path / engine
+        args = [
+            "invert",
+            "--example",
+            "--steps",
+            "8",
+            "--guidance",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+        extra = ["--engine", engine] + (["--engine-dir", str(engine_dir)] if engine == "ort" else [])
+        code, stdout, stderr = cli([*args, *extra])
+        assert code == 0, stderr
+        z_T, _ = load_latents(out / "coffee.zT.safetensors")
+        runs[engine] = (z_T, json.loads((out / "coffee.metrics.json").read_text()))
+    (torch_z, torch_record), (ort_z, ort_record) = runs["torch"], runs["ort"]
+    error = rel(ort_z, torch_z)
+    print(f"shipped model, euler 8 steps, CFG 2: z_T max rel err ort vs torch {error:.2e}")
+    print({k: (torch_record["metrics"][k], ort_record["metrics"][k]) for k in ("psnr", "ssim", "mse_latent")})
+    assert error <= FP32 and (torch_record["engine"], ort_record["engine"]) == ("torch", "ort")
+    assert abs(ort_record["metrics"]["psnr"] - torch_record["metrics"]["psnr"]) < 1e-3
+    assert ort_record["nfe_inversion"] == torch_record["nfe_inversion"] == 8
+
+
+def test_deepinv_runs_its_solver_on_ort_from_the_engine_dir(
+    sd3_export: tuple[Path, str], tiny_sd3_dir: Path, solver_dir: Path, photo: Path, tmp_path: Path
+) -> None:
+    """With --engine ort, the solver graph in engine-dir is used (no solver folder needed) and deepinv's
+    z_T matches the torch denoiser + torch solver."""
+    engine_dir, _ = sd3_export
+    torch_run = fastinv.load(tiny_sd3_dir, device="cpu", solver=solver_dir)
+    ort_run = fastinv.load(tiny_sd3_dir, device="cpu", engine="ort", engine_dir=engine_dir)
+    assert isinstance(ort_run.model.velocity, OrtVelocity) and ort_run.solver_dir is None
+    expected = torch_run.invert(photo, method="deepinv", steps=3)
+    actual = ort_run.invert(photo, method="deepinv", steps=3)
+    assert isinstance(ort_run.solver, OrtSolver) and actual.options["solver"] == str(
+        engine_dir / "solver.fp32.onnx"
+    )
+    assert rel(actual.z_T, expected.z_T) <= FP32
+
+    out = tmp_path / "out"
+    args = ["invert", str(photo), "--model", str(tiny_sd3_dir), "--method", "deepinv", "--steps", "2"]
+    code, stdout, stderr = cli([*args, "--engine", "ort", "--engine-dir", str(engine_dir), "--out", str(out)])
+    assert code == 0, stderr
+    record = json.loads((out / "astronaut.metrics.json").read_text())
+    assert record["engine"] == "ort" and record["method_options"]["solver"].endswith("solver.fp32.onnx")
+    assert "(ort engine)" in stdout
+
+
+def test_engine_dir_errors(
+    sd3_export: tuple[Path, str],
+    tiny_sd3_dir: Path,
+    tiny_flux_dir: Path,
+    photo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Missing, mismatched and stale engine folders: exit 2 and one line naming the problem."""
+    engine_dir, _ = sd3_export
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tiny = ["--model", str(tiny_sd3_dir)]
+    cases = {
+        ("--engine", "ort"): "the ort engine needs --engine-dir",
+        ("--engine-dir", str(engine_dir)): "--engine-dir is for the ort and trt engines",
+        ("--engine", "gpu", "--engine-dir", str(engine_dir)): "unknown engine 'gpu'",
+        ("--engine", "ort", "--engine-dir", str(tmp_path / "absent")): "engine folder not found",
+        (
+            *tiny,
+            "--engine",
+            "ort",
+            "--engine-dir",
+            str(empty),
+        ): r"no velocity.fp32.onnx in .* \(it holds no velocity",
+        (*tiny, "--dtype", "fp16", "--engine", "ort", "--engine-dir", str(engine_dir)): (
+            r"no velocity.fp16.onnx in .* \(it holds velocity.fp32.onnx\): export it with "
+            r"`fastinv export --precision fp16"
+        ),
+        ("--model", str(tiny_flux_dir), "--engine", "ort", "--engine-dir", str(engine_dir)): (
+            "was exported for a sd3 model, not flux"
+        ),
+        ("--engine", "ort", "--engine-dir", str(engine_dir)): "exported for another model: config differs in",
+        ("--engine", "trt", "--engine-dir", str(engine_dir)): "the trt engine needs NVIDIA TensorRT",
+    }
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as here, also where TensorRT is installed
+    for extra, message in cases.items():
+        code, _, stderr = cli(["invert", str(photo), "--steps", "1", "--device", "cpu", *extra])
+        assert code == 2, (extra, stderr)
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+        assert re.search(message, stderr), (message, stderr)
+
+
+def test_export_errors(tiny_sd3_pixel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad options and a missing TensorRT are refused before any work; a failed --check exits 2."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    out = tmp_path / "out"
+    cases = {
+        ("--format", "trt"): "the trt engine needs NVIDIA TensorRT ≥ 10 and a CUDA GPU",
+        ("--format", "tflite"): "unknown format 'tflite'",
+        ("--precision", "fp8"): "unknown precision 'fp8'",
+        ("--batch", "4:2:1"): "--batch '4:2:1': give MIN:OPT:MAX",
+    }
+    for extra, message in cases.items():
+        code, _, stderr = cli(["export", "--model", str(tiny_sd3_pixel_dir), "--out", str(out), *extra])
+        assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
+    assert not out.exists()  # refused before any work
+
+    monkeypatch.setitem(export_onnx.TOLERANCE, "fp32", -1.0)  # any error is too large
+    code, _, stderr = cli(["export", "--model", str(tiny_sd3_pixel_dir), "--out", str(out), "--check"])
+    assert (
+        code == 2 and "error: parity check failed: velocity.fp32.onnx [fp32]" in stderr and "FAILED" in stderr
+    )
+
+
+def test_info_lists_the_engines_that_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code, stdout, _ = cli(["info"])
+    row = next(line for line in stdout.splitlines() if "engines" in line)
+    assert code == 0 and "torch, ort" in row and "trt" not in row
