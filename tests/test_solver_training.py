@@ -143,15 +143,38 @@ def test_recipe_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "size=64"], "image folder not found"),
-        ([], "has no fixed resolution: set the crop size, e.g. --set size=512 (a multiple of 16)"),
+        ([], "image folder not found"),
+        (
+            ["--set", "size=null"],
+            "has no fixed resolution: set the crop size, e.g. --set size=512 (a multiple of 16)",
+        ),
         (["--set", "size=40"], "training crop size 40 is not a multiple of 16"),
+        (
+            [
+                "--set",
+                "size=64",
+                "--images",
+                "skimage",
+                "--set",
+                "preset=default-model",
+                "--set",
+                "solver={}",
+            ],
+            "the solver does not fit this model: latent channels 3 vs the model's 4; text width 384 vs 48; "
+            "pooled width 384 vs 40 (preset 'default-model': choose another with --set preset=...)",
+        ),
     ],
 )
 def test_bad_training_input(
-    args: list[str], message: str, tiny_sd3_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    args: list[str],
+    message: str,
+    tiny_sd3_dir: Path,
+    recipe_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     base = ["train", "--model", str(tiny_sd3_dir), "--images", str(tmp_path / "none"), "--out", str(tmp_path)]
+    base += ["--config", str(recipe_file)]
     with pytest.raises(SystemExit) as exit_info:
         main([*base, *args])
     assert exit_info.value.code == 2

@@ -41,7 +41,7 @@ from fastinv.methods.base import sigma_batch, upward_steps
 from fastinv.methods.deepinv import in_window
 from fastinv.models.base import FlowModel
 from fastinv.solver.data import encode, fixed_crops, source_images
-from fastinv.solver.model import TorchSolver
+from fastinv.solver.model import TorchSolver, check_solver_fits
 from fastinv.solver.network import DeepInvSolver
 from fastinv.solver.presets import preset
 from fastinv.solver.pseudo_labels import pseudo_labels
@@ -247,14 +247,21 @@ class SolverTrainer:
                 if size
                 else f"{model.name} has no fixed resolution: set the crop size, e.g. --set size=512 ({need})"
             )
+        self.cond: Conditioning = model.conditioning(config.prompt)
+        settings = preset(config.preset, **config.solver)
+        try:
+            check_solver_fits(settings, model.codec.channels, self.cond)
+        except FastinvError as err:
+            raise FastinvError(
+                f"{err} (preset {config.preset!r}: choose another with --set preset=...)"
+            ) from None
         pixels = fixed_crops(
             source_images(images), size, config.crops_per_image, config.crop_scale, self.generator
         )
         per_rank = math.ceil(len(pixels) / self.world)
         shard = [(self.rank + self.world * i) % len(pixels) for i in range(per_rank)]
         self.x0 = encode(model, pixels[shard], config.batch_size)
-        self.cond: Conditioning = model.conditioning(config.prompt)
-        self.solver = DeepInvSolver(**preset(config.preset, **config.solver)).to(model.device).train()
+        self.solver = DeepInvSolver(**settings).to(model.device).train()
         self.optimizer = torch.optim.AdamW(
             self.solver.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
