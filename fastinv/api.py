@@ -210,7 +210,13 @@ def load(
     folder = engine_folder(engine, engine_dir)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    model = load_model(model_dir, device=torch_device, dtype=torch_dtype, embeddings=embeddings)
+    model = load_model(
+        model_dir,
+        device=torch_device,
+        dtype=torch_dtype,
+        embeddings=embeddings,
+        transformer_weights=folder is None,  # an engine runs the exported graph: architecture only
+    )
     if folder is not None:
         velocity = engine_velocity(engine, folder, model, precision_name(torch_dtype))
         model = dataclasses.replace(model, velocity=velocity)

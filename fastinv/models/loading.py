@@ -120,9 +120,14 @@ def load_model(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     embeddings: str | Path | None = None,
+    transformer_weights: bool = True,
 ) -> FlowModel:
     """Load an SD3 or FLUX folder: transformer, VAE (or identity for 3-channel pixel models),
-    scheduler config (family defaults when absent) and a prompt encoder. None: the shipped default model."""
+    scheduler config (family defaults when absent) and a prompt encoder. None: the shipped default model.
+
+    transformer_weights=False builds the transformer from its config on the meta device (no memory):
+    for callers that run an exported graph instead and need only the architecture.
+    """
     if model_dir is None and not (DEFAULT_MODEL / "model_index.json").is_file():
         raise FastinvError(f"the shipped default model is missing from this install ({DEFAULT_MODEL})")
     model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
@@ -130,7 +135,11 @@ def load_model(
     family, transformer_dir, index = inspect_folder(model_dir)
     notes: list[str] = []
     network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
-    network = _load("the transformer", network_cls, transformer_dir, dtype).to(device).eval()
+    if transformer_weights:
+        network = _load("the transformer", network_cls, transformer_dir, dtype).to(device).eval()
+    else:
+        with torch.device("meta"):
+            network = network_cls.from_config(_read_json(transformer_dir / "config.json")).eval()
     network.requires_grad_(False)
     in_channels = network.config.in_channels if family == "sd3" else network.config.in_channels // 4
 
