@@ -88,6 +88,7 @@ class Inverter:
         self.engine = engine
         self.engine_dir = engine_folder(engine, engine_dir)
         self._solver: TorchSolver | GraphSolver | None = None
+        self._solvers_by_path: dict[Path, TorchSolver | GraphSolver] = {}
 
     @property
     def solver(self) -> TorchSolver | GraphSolver:
@@ -147,7 +148,10 @@ class Inverter:
             if given is None:
                 options["solver"], source = self.solver, self.solver_dir
             elif isinstance(given, str | Path):
-                options["solver"], source = self._load_solver(given), given
+                key = Path(given).resolve()
+                if key not in self._solvers_by_path:  # loaded once, not on every call
+                    self._solvers_by_path[key] = self._load_solver(given)
+                options["solver"], source = self._solvers_by_path[key], given
             else:
                 source = type(given).__name__
             graph = getattr(options["solver"], "graph", None)  # an exported solver: record its file

@@ -14,7 +14,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.models.base import TransformerVelocity
+from fastinv.models.base import FlowModel, TransformerVelocity
 from fastinv.models.flux import DEFAULT_EMBEDDED_GUIDANCE
 from fastinv.runtime.spec import GraphSpec
 
@@ -48,6 +48,13 @@ class GraphVelocity(TransformerVelocity):
     @property
     def device(self) -> torch.device:
         return self.graph.device
+
+    @staticmethod
+    def expect_model(graph: Graph, model: FlowModel | None) -> None:
+        """One-line error unless `graph` was exported from `model`'s family and transformer config."""
+        network = getattr(model.velocity, "network", None) if model is not None else None
+        if network is not None:
+            graph.spec.expect_model(graph.path, model.family, network.config)
 
     def predict(
         self,
@@ -114,8 +121,8 @@ class GraphSolver:
         if cond.pooled_embeds is not None:
             inputs["pooled"] = cond.pooled_embeds.expand(batch, -1)
         eps = self.graph.run(inputs)
-        if not torch.isfinite(eps).all():
+        if self.graph.spec.precision == "fp16" and not torch.isfinite(eps).all():  # a host sync: fp16 only
             raise FastinvError(
-                f"non-finite solver output at σ={sigma[0].item():.4f} ({self.graph.spec.precision})"
+                f"non-finite solver output in fp16 at σ={sigma[0].item():.4f}: export bf16 or fp32"
             )
         return eps

@@ -125,9 +125,7 @@ class OrtVelocity(GraphVelocity):
         """The graph at `path`, checked against `model` (family and transformer config) and `precision`."""
         device = device if device is not None else (model.device if model is not None else "cpu")
         graph = OrtGraph(path, "velocity", precision=precision, device=device, providers=providers)
-        network = getattr(model.velocity, "network", None) if model is not None else None
-        if network is not None:
-            graph.spec.expect_model(graph.path, model.family, network.config)
+        cls.expect_model(graph, model)
         return cls(graph)
 
 

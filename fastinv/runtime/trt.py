@@ -264,9 +264,7 @@ class TrtVelocity(GraphVelocity):
         )
         engine = _engine_file(path, "velocity", precision, device)
         graph = TrtGraph(engine, "velocity", precision=precision, device=device, cuda_graph=cuda_graph)
-        network = getattr(model.velocity, "network", None) if model is not None else None
-        if network is not None:
-            graph.spec.expect_model(graph.path, model.family, network.config)
+        cls.expect_model(graph, model)
         return cls(graph)
 
 

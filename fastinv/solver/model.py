@@ -64,8 +64,10 @@ class TorchSolver:
         if pooled is not None:
             pooled = pooled.to(self.device, self.dtype).expand(batch, -1)
         eps = self.network(v, z, x0, text, pooled, sigma, sigma_next).float()
-        if not torch.isfinite(eps).all():
-            raise FastinvError(f"non-finite solver output at σ={sigma[0].item():.4f} (dtype {self.dtype})")
+        if self.dtype == torch.float16 and not torch.isfinite(eps).all():  # a host sync: fp16 only
+            raise FastinvError(
+                f"non-finite solver output in fp16 at σ={sigma[0].item():.4f}: use bf16 or fp32"
+            )
         return eps
 
 
