@@ -6,6 +6,8 @@ rec = inv.reconstruct(res)          # rec.image is a PIL image
 print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
 
 The same calls run on exported graphs: fastinv.load(..., engine="ort" | "trt", engine_dir=folder).
+On a GPU the torch engine takes the fast path (torch.compile, CUDA graphs, Triton step kernels) unless
+fastinv.load(..., fast=False); see `fastinv.runtime.fast_path`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from fastinv.conditioning import Conditioning
 from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.io import LoadedImage, load_image, pixels_to_pil
+from fastinv.kernels import use_kernels
 from fastinv.methods import InversionResult, StepCallback, check_options, get_method, method_options
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
 from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity
+from fastinv.runtime.fast_path import FastPath, compile_network
 from fastinv.runtime.graph import GraphSolver
 from fastinv.sampling import sample_euler
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
@@ -73,6 +77,8 @@ class Inverter:
     solver_dir: the DeepInv solver for method "deepinv" (default: the model folder's solver/), loaded
     on first use. engine / engine_dir: what runs the solver: with "ort" or "trt", the solver exported
     to engine_dir when it holds one (checked against solver_dir's config), else the torch solver.
+    fast: the fast-path switches; `load` resolves and applies them to the model (compile, CUDA graphs);
+    the inverter compiles torch solvers and picks the step kernels with them.
     """
 
     def __init__(
@@ -82,8 +88,10 @@ class Inverter:
         *,
         engine: str = "torch",
         engine_dir: str | Path | None = None,
+        fast: FastPath | None = None,
     ) -> None:
         self.model = model
+        self.fast = fast or FastPath()
         self.solver_dir = Path(solver_dir) if solver_dir is not None else model.solver_dir
         self.engine = engine
         self.engine_dir = engine_folder(engine, engine_dir)
@@ -113,6 +121,8 @@ class Inverter:
                     "pass --solver DIR (fastinv train writes one)"
                 )
             solver = load_solver(folder, self.model.device, self.model.dtype)
+            if self.fast.compile:
+                compile_network(solver)
         check_solver_fits(solver.config, self.model.codec.channels, self.model.conditioning(""))
         return solver
 
@@ -160,23 +170,25 @@ class Inverter:
         cond = self.model.conditioning(prompt, guidance, embedded_guidance)
         x0 = self.model.codec.encode(loaded.pixels.to(self.model.device))
         sigmas = self.model.sigmas(steps, (x0.shape[-2], x0.shape[-1]))
-        result = invert(
-            self.model.velocity,
-            x0,
-            sigmas,
-            cond,
-            callback=callback,
-            keep_trajectory=keep_trajectory,
-            **options,
-        )
+        with use_kernels(self.fast.kernels):
+            result = invert(
+                self.model.velocity,
+                x0,
+                sigmas,
+                cond,
+                callback=callback,
+                keep_trajectory=keep_trajectory,
+                **options,
+            )
         return Inversion(result, method, steps, sigmas, cond, loaded, x0, recorded)
 
     def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
         """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""
         clock = Stopwatch(self.model.device)
-        latents = sample_euler(
-            self.model.velocity, inversion.z_T, inversion.sigmas, inversion.cond, callback=callback
-        )
+        with use_kernels(self.fast.kernels):
+            latents = sample_euler(
+                self.model.velocity, inversion.z_T, inversion.sigmas, inversion.cond, callback=callback
+            )
         pixels = self.model.codec.decode(latents).cpu()
         return Reconstruction(
             latents, pixels, len(inversion.sigmas) - 1, clock.seconds(), pixels_to_pil(pixels)
@@ -201,6 +213,10 @@ def load(
     solver: str | Path | None = None,
     engine: str = "torch",
     engine_dir: str | Path | None = None,
+    fast: bool | None = None,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
+    kernels: str = "auto",
 ) -> Inverter:
     """Load a local diffusers folder (SD3, FLUX; None: the shipped default model) for inversion.
 
@@ -209,7 +225,9 @@ def load(
     solver: a DeepInv solver folder for method "deepinv" (default: the model folder's solver/);
     engine: torch | ort | trt: what runs the denoiser (and the solver, when engine_dir holds it);
     engine_dir: the folder `fastinv export` wrote, whose graphs are picked by dtype
-    (velocity.<dtype>.onnx, solver.<dtype>.onnx, TensorRT engines beside them).
+    (velocity.<dtype>.onnx, solver.<dtype>.onnx, TensorRT engines beside them);
+    fast: the torch engine's GPU fast path (None: on for CUDA); compile / cuda_graphs override its two
+    switches one by one; kernels: "auto" (Triton step kernels on CUDA) | "torch" (their references).
     """
     folder = engine_folder(engine, engine_dir)
     torch_device = resolve_device(device)
@@ -221,7 +239,15 @@ def load(
         embeddings=embeddings,
         transformer_weights=folder is None,  # an engine runs the exported graph: architecture only
     )
+    fast_path = FastPath.resolve(
+        torch_device, torch_dtype, enabled=fast, compile=compile, cuda_graphs=cuda_graphs, kernels=kernels
+    )
     if folder is not None:
         velocity = engine_velocity(engine, folder, model, precision_name(torch_dtype))
         model = dataclasses.replace(model, velocity=velocity)
-    return Inverter(model, solver, engine=engine, engine_dir=folder)
+        fast_path = dataclasses.replace(fast_path, compile=False, cuda_graphs=False)  # the engine's own
+    else:
+        if fast_path.compile:
+            compile_network(model.velocity)
+        model.velocity.cuda_graphs = fast_path.cuda_graphs
+    return Inverter(model, solver, engine=engine, engine_dir=folder, fast=fast_path)

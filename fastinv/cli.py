@@ -94,6 +94,27 @@ def invert(
         Path | None,
         typer.Option(help="For ort / trt: the folder `fastinv export` wrote (graphs by --dtype)."),
     ] = None,
+    fast: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast/--no-fast",
+            help="torch engine fast path: torch.compile + CUDA graphs + Triton step kernels "
+            "(default: on for CUDA, off on CPU).",
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the networks (overrides --fast)."),
+    ] = None,
+    cuda_graphs: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs", help="Capture each step in a CUDA graph (overrides --fast)."
+        ),
+    ] = None,
+    kernels: Annotated[
+        str, typer.Option(help="Step kernels: auto (Triton on CUDA) | torch (references, for torch.compile).")
+    ] = "auto",
 ) -> None:
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
     _quiet_libraries()
@@ -117,12 +138,17 @@ def invert(
             solver=solver,
             engine=engine,
             engine_dir=engine_dir,
+            fast=fast,
+            compile=compile_,
+            cuda_graphs=cuda_graphs,
+            kernels=kernels,
         )
     loaded = {image: inverter.prepare_image(image) for image in images}
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
 
-    title = f"{method}, {steps} steps, {inverter.model.family} on {inverter.model.device} ({engine} engine)"
+    where = f"{inverter.model.device} ({engine} engine, {inverter.fast.describe()})"
+    title = f"{method}, {steps} steps, {inverter.model.family} on {where}"
     table = Table(title=title)
     for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
         table.add_column(column, justify="left" if column == "image" else "right")
@@ -216,7 +242,7 @@ def train(
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     with console.status(f"loading {model or 'the shipped default model'}"):
-        inverter = load(model, device=device, dtype=dtype)
+        inverter = load(model, device=device, dtype=dtype, fast=False)  # training runs eager (+ autocast)
     summary = train_solver(inverter.model, recipe, images, out, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(
@@ -289,7 +315,7 @@ def export(
     from fastinv.solver.model import check_solver_fits, load_solver
 
     with console.status(f"loading {model or 'the shipped default model'}"):
-        inverter = load(model, device=device, dtype="fp32", solver=solver)
+        inverter = load(model, device=device, dtype="fp32", solver=solver, fast=False)
     flow = inverter.model
     references: dict[Path, Any] = {}
     clock = time.perf_counter()
@@ -384,10 +410,13 @@ def info() -> None:
     import torch
 
     from fastinv import __version__
+    from fastinv.device import resolve_device, resolve_dtype
+    from fastinv.kernels import triton_available
     from fastinv.lpips import lpips_available
     from fastinv.methods import METHODS
     from fastinv.models import DEFAULT_MODEL
     from fastinv.runtime.engines import available_engines
+    from fastinv.runtime.fast_path import FastPath
 
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
@@ -403,6 +432,9 @@ def info() -> None:
     solver = "present" if (DEFAULT_MODEL / "solver" / "config.json").is_file() else "missing"
     table.add_row("default DeepInv solver", f"{DEFAULT_MODEL / 'solver'} ({solver})")
     table.add_row("engines", ", ".join(available_engines()))
+    fast = FastPath.resolve(resolve_device("auto"), resolve_dtype("auto", resolve_device("auto")))
+    kernels = "Triton on CUDA tensors" if triton_available() else "torch references (triton not installed)"
+    table.add_row("fast path (torch engine)", f"{fast.describe()}; step kernels: {kernels}")
     table.add_row("methods", ", ".join(METHODS))
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")
     console.print(table)

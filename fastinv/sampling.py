@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from fastinv import kernels
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import NFECounter, StepCallback, sigma_batch
+from fastinv.methods.base import NFECounter, StepCallback, sigma_batch, step_size
 from fastinv.models.base import VelocityModel
+from fastinv.runtime.fast_path import graphed
 
 
 @torch.no_grad()
@@ -24,12 +26,17 @@ def sample_euler(
     call is a CFG pair batched into one denoiser call (1 NFE of batch 2B).
     """
     model = NFECounter(model)
+
+    def euler_step(z: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        v, v_null = model.branches(z, sigma, cond)
+        # Euler method, with the CFG combine fused into the update
+        return kernels.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
+
+    step = graphed(euler_step, model, z.device)
     z = z.float()
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        v = model(z, sigma_batch(sigma, z), cond)
-        # Euler method
-        z = z + float(sigma_next - sigma) * v
+        z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_next, z))
         if callback is not None:
             callback(
                 {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}

@@ -143,7 +143,7 @@ def test_deepinv_runs_its_solver_on_ort_from_the_engine_dir(
     assert code == 0, stderr
     record = json.loads((out / "astronaut.metrics.json").read_text())
     assert record["engine"] == "ort" and record["method_options"]["solver"].endswith("solver.fp32.onnx")
-    assert "(ort engine)" in stdout
+    assert "(ort engine, eager" in stdout
 
 
 def test_engine_dir_errors(

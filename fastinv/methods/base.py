@@ -11,6 +11,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.models.base import VelocityModel
+from fastinv.runtime.fast_path import graphed
 
 StepCallback = Callable[[dict[str, Any]], None]
 """Called after each step with {"i", "sigma", "sigma_next", "z", "nfe"}: progress bars, trajectories."""
@@ -53,6 +54,15 @@ class NFECounter:
         self.calls += 1
         return self.model(z, sigma, cond)
 
+    def branches(
+        self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(v_prompt, v_null | None) for fused CFG kernels; models without branches give (v, None)."""
+        self.calls += 1
+        if hasattr(self.model, "branches"):
+            return self.model.branches(z, sigma, cond)
+        return self.model(z, sigma, cond), None
+
 
 class Stopwatch:
     """Wall time that waits for queued GPU work before reading the clock."""
@@ -71,9 +81,14 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
-def sigma_batch(sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Scalar σ (float64 schedule entry) → [B] float32 on z's device."""
-    return sigma.to(device=z.device, dtype=torch.float32).expand(z.shape[0])
+def sigma_batch(sigma: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
+    """A scalar (σ as a float64 schedule entry, or a step weight) → [B] float32 on z's device."""
+    return torch.as_tensor(sigma).to(device=z.device, dtype=torch.float32).expand(z.shape[0])
+
+
+def step_size(sigma: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """h = σ_next − σ (taken in float64) as [B] float32 on z's device: a tensor, so CUDA graphs replay it."""
+    return sigma_batch(sigma_next - sigma, z)
 
 
 def keep_best(
@@ -101,8 +116,10 @@ def upward_steps(sigmas: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torc
 class InversionRun:
     """The bookkeeping every method shares, so its function holds only the update rule.
 
-    `run.model` counts NFE; `run.step(i, sigma, sigma_next, z, **extra)` keeps the trajectory and calls the
-    callback with {"i", "sigma", "sigma_next", "z", "nfe", **extra}; `run.result(z)` stops the clock.
+    `run.model` counts NFE; `run.graphed(fn)` is the step function `fn(*tensors)` captured in a CUDA graph
+    when the model asks for it (the fast path), else `fn`; `run.step(i, sigma, sigma_next, z, **extra)`
+    keeps the trajectory and calls the callback with {"i", "sigma", "sigma_next", "z", "nfe", **extra};
+    `run.result(z)` stops the clock.
     """
 
     def __init__(
@@ -112,6 +129,10 @@ class InversionRun:
         self.clock = Stopwatch(x0.device)
         self.callback = callback
         self.trajectory = [x0.float()] if keep_trajectory else None
+        self.device = x0.device
+
+    def graphed(self, fn: Callable[..., Any], *, enabled: bool = True) -> Callable[..., Any]:
+        return graphed(fn, self.model, self.device, enabled=enabled)
 
     def step(
         self, i: int, sigma: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor, **extra: Any

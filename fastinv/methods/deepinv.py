@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
+from fastinv.methods.base import (
+    InversionResult,
+    InversionRun,
+    StepCallback,
+    sigma_batch,
+    step_size,
+    upward_steps,
+)
 from fastinv.models.base import VelocityModel
 from fastinv.solver.model import SolverModel
 
@@ -37,8 +45,9 @@ def invert_deepinv(
 
     Counting k = 0 … N−1 inversion steps from the clean end, with σ_cur < σ_next and h = σ_next − σ_cur:
         v = v_θ(z_k, σ_next);  ε̂ = S(v, z_k, x0, c, σ_cur, σ_next);  z_{k+1} = z_k + h·ε̂,
-    then, with blend b > 0 inside blend_window: z_{k+1} ← (1 − b)·z_{k+1} + b·z_k (the reference's
-    undocumented EasyInv-style 0.9/0.1 blend is REFERENCE_BLEND; off by default, measured in the README).
+    then, with blend b > 0 inside blend_window: z_{k+1} ← (1 − b)·z_{k+1} + b·z_k = z_k + (1 − b)·h·ε̂ (the
+    reference's undocumented EasyInv-style 0.9/0.1 blend is REFERENCE_BLEND; off by default, measured in
+    the README).
     The solver gets the prompt only: with CFG the denoiser call is one batched call of 2B, the solver's
     is not doubled. `solver` is a SolverModel (Inverter supplies the model folder's trained solver).
     """
@@ -48,15 +57,18 @@ def invert_deepinv(
         raise FastinvError(f"deepinv blend must be in [0, 1), got {blend}")
     run = InversionRun(model, x0, callback, keep_trajectory)
     n, x0 = len(sigmas) - 1, x0.float()
-    z = x0
-    for i, sigma, sigma_next in upward_steps(sigmas):
-        s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
+
+    def deepinv_step(z: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         v = run.model(z, s_next, cond)
         # the solver's corrected noise replaces v in the Euler step
-        eps = solver(v, z, x0, s, s_next, cond)
-        z_next = z + float(sigma_next - sigma) * eps
+        return kernels.deepinv_update(z, solver(v, z, x0, s, s_next, cond), h)
+
+    step = run.graphed(deepinv_step)
+    z = x0
+    for i, sigma, sigma_next in upward_steps(sigmas):
+        h = step_size(sigma, sigma_next, z)
         if blend > 0 and in_window(n - 1 - i, n, tuple(blend_window)):
-            z_next = (1 - blend) * z_next + blend * z
-        z = z_next
+            h = (1 - blend) * h
+        z = step(z, sigma_batch(sigma, z), sigma_batch(sigma_next, z), h)
         run.step(i, sigma, sigma_next, z)
     return run.result(z)

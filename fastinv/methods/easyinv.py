@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from fastinv import kernels
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
+from fastinv.methods.base import (
+    InversionResult,
+    InversionRun,
+    StepCallback,
+    sigma_batch,
+    step_size,
+    upward_steps,
+)
 from fastinv.models.base import VelocityModel
 
 PAPER = {"eta": 0.5, "window": (0.05, 0.25)}
@@ -43,14 +51,20 @@ def invert_easyinv(
     """
     run = InversionRun(model, x0, callback, keep_trajectory)
     n, (start, end) = len(sigmas) - 1, window
+
+    def easyinv_step(
+        z: torch.Tensor, z_prev: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        v = run.model(z, sigma, cond)
+        # Kalman-style aggregation with the previous step's latent (weight 1 outside the window), then Euler
+        return kernels.easyinv_update(z, z_prev, v, h, weight)
+
+    step = run.graphed(easyinv_step)
     z = x0.float()
     z_prev = z
     for i, sigma, sigma_next in upward_steps(sigmas):
-        v = run.model(z, sigma_batch(sigma, z), cond)
-        # Kalman-style aggregation with the previous step's latent, inside the window only
-        if start * n < n - 1 - i < end * n:
-            z = eta * z + (1 - eta) * z_prev
-        z_prev = z
-        z = z + float(sigma_next - sigma) * v
+        weight = eta if start * n < n - 1 - i < end * n else 1.0
+        h = step_size(sigma, sigma_next, z)
+        z, z_prev = step(z, z_prev, sigma_batch(sigma, z), h, sigma_batch(weight, z))
         run.step(i, sigma, sigma_next, z)
     return run.result(z)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from fastinv import kernels
 from fastinv.conditioning import Conditioning
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
+from fastinv.methods.base import (
+    InversionResult,
+    InversionRun,
+    StepCallback,
+    sigma_batch,
+    step_size,
+    upward_steps,
+)
 from fastinv.models.base import VelocityModel
 
 
@@ -25,10 +33,15 @@ def invert_euler(
     Step: z(σ_i) = z(σ_{i+1}) + (σ_i − σ_{i+1})·v(z(σ_{i+1}), σ_{i+1}).
     """
     run = InversionRun(model, x0, callback, keep_trajectory)
+
+    def euler_step(z: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        v, v_null = run.model.branches(z, sigma, cond)
+        # Euler step, upward in σ (CFG combine fused into the update)
+        return kernels.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
+
+    step = run.graphed(euler_step)
     z = x0.float()
     for i, sigma, sigma_next in upward_steps(sigmas):
-        v = run.model(z, sigma_batch(sigma, z), cond)
-        # Euler step, upward in σ
-        z = z + float(sigma_next - sigma) * v
+        z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_next, z))
         run.step(i, sigma, sigma_next, z)
     return run.result(z)

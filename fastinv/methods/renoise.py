@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import torch
 
+from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
+from fastinv.kernels.reference import per_sample
+from fastinv.methods.base import (
+    InversionResult,
+    InversionRun,
+    StepCallback,
+    sigma_batch,
+    step_size,
+    upward_steps,
+)
 from fastinv.methods.noise_regularization import regularize_noise
 from fastinv.models.base import VelocityModel
 
@@ -34,7 +41,8 @@ def invert_renoise(
 
     h = σ_i − σ_{i+1} > 0. Euler guess z^0 = z_{i+1} + h·v(z_{i+1}, σ_{i+1}), then K = `iterations`
     renoising steps z^{j+1} = z_{i+1} + h·v(z^j, σ_i) (velocity at the target σ and the current iterate);
-    z_i = mean of the last m = `average_last` iterates z^{K−m+1} … z^K (all when K+1 < m; K = 0 is Euler).
+    z_i = mean of the last m = `average_last` iterates z^{K−m+1} … z^K (all when K+1 < m; K = 0 is Euler),
+    accumulated as a weighted running sum (weight 1/m) in the fused update kernel.
     Averaging iterates equals the paper's averaging of the noise predictions (the step is affine in v).
 
     Editability regularisers (off by default; the paper's SD settings are lambda_ac=20, lambda_kl=0.065,
@@ -48,17 +56,22 @@ def invert_renoise(
     run = InversionRun(model, x0, callback, keep_trajectory)
     generator = torch.Generator().manual_seed(seed)
     regularize = lambda_ac > 0 or lambda_kl > 0
-    z = x0.float()
-    for i, sigma, sigma_next in upward_steps(sigmas):
-        h, target, s = float(sigma_next - sigma), sigma_batch(sigma_next, z), float(sigma_next)
+    averaged = min(average_last, iterations + 1)
+    weights = [1 / averaged if j > iterations - averaged else 0.0 for j in range(iterations + 1)]
+
+    def renoise_step(
+        z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, h: torch.Tensor
+    ) -> torch.Tensor:
+        s = per_sample(target, z)
         reference = None
         if lambda_kl > 0:
             xi = torch.randn(z.shape, generator=generator).to(z.device)
             noised = (1 - s) * x0 + s * xi
             reference = noised + (1 - s) * run.model(noised, target, cond)
-        iterate = z + h * run.model(z, sigma_batch(sigma, z), cond)
-        recent = deque([iterate], maxlen=average_last)
-        for _ in range(iterations):
+        iterate, average = kernels.renoise_update(
+            z, run.model(z, sigma, cond), h, torch.zeros_like(z), weights[0]
+        )
+        for weight in weights[1:]:
             # renoise: re-evaluate the velocity at the current estimate of z(σ_i)
             v = run.model(iterate, target, cond)
             if regularize:
@@ -73,8 +86,13 @@ def invert_renoise(
                     generator=generator,
                 )
                 v = noise - clean
-            iterate = z + h * v
-            recent.append(iterate)
-        z = torch.stack(tuple(recent)).mean(dim=0)
+            iterate, average = kernels.renoise_update(z, v, h, average, weight)
+        return average
+
+    step = run.graphed(renoise_step, enabled=not regularize)  # the regularisers draw host randomness
+    z = x0.float()
+    for i, sigma, sigma_next in upward_steps(sigmas):
+        h = step_size(sigma, sigma_next, z)
+        z = step(z, sigma_batch(sigma, z), sigma_batch(sigma_next, z), h)
         run.step(i, sigma, sigma_next, z)
     return run.result(z)

@@ -15,6 +15,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
+from fastinv.kernels.reference import guided
 from fastinv.schedule import flow_sigmas
 
 
@@ -50,10 +51,12 @@ class TransformerVelocity:
     Subclasses implement `predict(z, sigma, prompt_embeds, pooled_embeds, cond)` for a batch whose
     text tensors already match the batch size; this class does the CFG batching and blend, the
     dtype round trip (float32 state, network dtype inside) and the fp16 overflow check.
-    `engine` names what runs `predict` (torch here; ort and trt for exported graphs).
+    `engine` names what runs `predict` (torch here; ort and trt for exported graphs); `cuda_graphs` asks
+    the methods to capture their steps in CUDA graphs (the torch fast path sets it).
     """
 
     engine = "torch"
+    cuda_graphs = False
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         self.network = network
@@ -73,8 +76,13 @@ class TransformerVelocity:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Differentiable in z (the weights are frozen): callers choose no_grad or, e.g. PreciseInv, grad."""
+    def branches(
+        self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(v_prompt, v_null) in the network's dtype, v_null None without CFG: both branches in ONE call.
+
+        For fused kernels that do the CFG combine in their own pass (`fastinv.kernels`).
+        """
         batch = z.shape[0]
 
         def expand(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -85,15 +93,20 @@ class TransformerVelocity:
             text = torch.cat([expand(cond.null_prompt_embeds), text])
             pooled = None if pooled is None else torch.cat([expand(cond.null_pooled_embeds), pooled])
             z, sigma = torch.cat([z, z]), torch.cat([sigma, sigma])
-        v = self.predict(z.to(self.dtype), sigma, text, pooled, cond).float()
+        v = self.predict(z.to(self.dtype), sigma, text, pooled, cond)
         if self.dtype == torch.float16 and not torch.isfinite(v).all():
             raise FastinvError(
                 f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: use --dtype bf16 or fp32"
             )
         if cond.uses_cfg:
             v_null, v_prompt = v.chunk(2)
-            v = v_null + cond.guidance_scale * (v_prompt - v_null)
-        return v
+            return v_prompt, v_null
+        return v, None
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Differentiable in z (the weights are frozen): callers choose no_grad or, e.g. PreciseInv, grad."""
+        v, v_null = self.branches(z, sigma, cond)
+        return guided(v, v_null, cond.guidance_scale)
 
 
 @dataclass
@@ -132,7 +145,9 @@ class FlowModel:
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cached (prompt_embeds [1, L, D], pooled [1, P] | None) for `prompt`."""
         if prompt not in self._prompt_cache:
-            self._prompt_cache[prompt] = self.prompt_encoder(prompt)
+            embeds, pooled = self.prompt_encoder(prompt)
+            on_device = None if pooled is None else pooled.to(self.device)
+            self._prompt_cache[prompt] = (embeds.to(self.device), on_device)
         return self._prompt_cache[prompt]
 
     def conditioning(

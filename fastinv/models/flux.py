@@ -19,7 +19,21 @@ class FluxVelocity(TransformerVelocity):
     """v = FluxTransformer2DModel(pack(z), timestep = σ, ids, text, pooled[, guidance]), unpacked.
 
     FluxPipeline passes timestep/1000 = σ; the transformer multiplies σ and guidance by 1000 itself.
+    Image position ids are built on the host once per latent size and kept on the device, so a step
+    replayed from a CUDA graph makes no host-to-device copy.
     """
+
+    def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__(network, dtype)
+        self._image_ids: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def image_ids(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """[height·width/4, 3] ids of the packed 2×2 tokens of a height × width latent."""
+        key = (height, width, device)
+        if key not in self._image_ids:
+            ids = FluxPipeline._prepare_latent_image_ids(1, height // 2, width // 2, device, self.dtype)
+            self._image_ids[key] = ids
+        return self._image_ids[key]
 
     @property
     def guidance_embeds(self) -> bool:
@@ -35,7 +49,7 @@ class FluxVelocity(TransformerVelocity):
     ) -> torch.Tensor:
         batch, channels, height, width = z.shape
         packed = FluxPipeline._pack_latents(z, batch, channels, height, width)
-        img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, z.device, self.dtype)
+        img_ids = self.image_ids(height, width, z.device)
         txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=z.device, dtype=self.dtype)
         guidance = None
         if self.guidance_embeds:

@@ -37,7 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.methods.base import sigma_batch, upward_steps
+from fastinv.kernels import deepinv_update
+from fastinv.methods.base import sigma_batch, step_size, upward_steps
 from fastinv.methods.deepinv import in_window
 from fastinv.models.base import FlowModel
 from fastinv.solver.data import encode, fixed_crops, source_images
@@ -313,7 +314,7 @@ class SolverTrainer:
         text, pooled = self.text[:batch], None if self.pooled is None else self.pooled[:batch]
         steps, losses, z = len(sigmas) - 1, [], x0
         for i, sigma, sigma_next in upward_steps(sigmas):
-            k, h = steps - 1 - i, float(sigma_next - sigma)
+            k, h = steps - 1 - i, step_size(sigma, sigma_next, z)
             s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
             with torch.no_grad():
                 v = velocity(z, s_next, self.cond)
@@ -323,7 +324,7 @@ class SolverTrainer:
                 # fixed-point target: re-evaluate the denoiser where ε̂ lands, K times
                 target = eps.detach()
                 for _ in range(config.inner_iterations):
-                    target = velocity(z + h * target, s_next, self.cond)
+                    target = velocity(deepinv_update(z, target, h), s_next, self.cond)
                 if labels is not None:
                     label = labels[:, k]
                     pure = round_ >= config.pure_pseudo_from_round and k < steps / 2
@@ -334,10 +335,9 @@ class SolverTrainer:
             torch.nn.utils.clip_grad_norm_(self.solver.parameters(), config.grad_clip)
             self.optimizer.step()
             losses.append(loss.detach())
-            z_next = z + h * eps.detach()
             if config.blend > 0 and in_window(k, steps, config.blend_window):
-                z_next = (1 - config.blend) * z_next + config.blend * z
-            z = z_next
+                h = (1 - config.blend) * h  # (1 − b)·(z + h·ε̂) + b·z
+            z = deepinv_update(z, eps.detach(), h)
         return [float(x) for x in torch.stack(losses)]
 
     def run(self) -> dict[str, Any]:
