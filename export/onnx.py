@@ -72,6 +72,27 @@ def export_solver(
     return export_graph(graph, path, precision, source=source, opset=opset, external_data=external_data)
 
 
+def export_model(
+    model: FlowModel, solver_dir: str | Path | None, out: str | Path, *, precision: str = "fp32"
+) -> dict[Path, FlowModel | TorchSolver]:
+    """Export `model`'s denoiser, and the DeepInv solver in `solver_dir` when given (checked to fit the
+    model), to `out` as velocity.<precision>.onnx and solver.<precision>.onnx, the names the engines look
+    for. Returns {graph path: the torch module it came from}, the references of `check_parity`."""
+    from fastinv.runtime.graph import graph_stem
+    from fastinv.solver.model import check_solver_fits, load_solver
+
+    out = Path(out)
+    references: dict[Path, FlowModel | TorchSolver] = {}
+    path = export_velocity(model, out / f"{graph_stem('velocity', precision)}.onnx", precision=precision)
+    references[path] = model
+    if solver_dir is not None:
+        solver = load_solver(solver_dir, model.device)
+        check_solver_fits(solver.config, model.codec.channels, model.conditioning(""))
+        path = export_solver(solver, out / f"{graph_stem('solver', precision)}.onnx", precision=precision)
+        references[path] = solver
+    return references
+
+
 def _dynamic_shapes(spec: GraphSpec) -> dict[str, dict[int, object]]:
     """torch.export Dims for the spec's axes: one Dim per axis name, `multiple`·Dim for strided ones."""
     dims: dict[str, object] = {}

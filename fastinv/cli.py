@@ -310,25 +310,14 @@ def export(
     _quiet_libraries()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
     from fastinv.api import load
-    from fastinv.export.onnx import check_parity, export_solver, export_velocity
-    from fastinv.runtime.graph import graph_stem
-    from fastinv.solver.model import check_solver_fits, load_solver
+    from fastinv.export.onnx import check_parity, export_model
 
     with console.status(f"loading {model or 'the shipped default model'}"):
         inverter = load(model, device=device, dtype="fp32", solver=solver, fast=False)
     flow = inverter.model
-    references: dict[Path, Any] = {}
     clock = time.perf_counter()
-    path = export_velocity(flow, out / f"{graph_stem('velocity', precision)}.onnx", precision=precision)
-    references[path] = flow
-    if inverter.solver_dir is not None:
-        torch_solver = load_solver(inverter.solver_dir, flow.device)
-        check_solver_fits(torch_solver.config, flow.codec.channels, flow.conditioning(""))
-        path = export_solver(
-            torch_solver, out / f"{graph_stem('solver', precision)}.onnx", precision=precision
-        )
-        references[path] = torch_solver
-    else:
+    references = export_model(flow, inverter.solver_dir, out, precision=precision)
+    if inverter.solver_dir is None:
         console.print(
             f"[dim]{flow.name} has no solver/ folder and no --solver: velocity graph only[/dim]",
             soft_wrap=True,
@@ -395,6 +384,85 @@ def _build_engines(
         if check:
             report = check_parity(built.path, reference, device=build_device, engine="trt")
             console.print(str(report), markup=False, soft_wrap=True)
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        Path | None, typer.Option(help="Local diffusers folder; default: the shipped default model.")
+    ] = None,
+    solver: Annotated[
+        Path | None, typer.Option(help="DeepInv solver folder for deepinv (default: MODEL/solver).")
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="'all' or a comma-separated list of methods, each with its default options.")
+    ] = "all",
+    engines: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated torch | ort | trt (ort: exported to OUT/engines unless --engine-dir)."
+        ),
+    ] = "torch",
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "10,25,50",
+    images: Annotated[
+        str, typer.Option(help="A folder of images, or 'skimage' (the photos held out of the shipped model).")
+    ] = "skimage",
+    max_images: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed inversions per image.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Untimed inversions per method × steps before timing.")] = 1,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")] = "auto",
+    engine_dir: Annotated[
+        Path | None,
+        typer.Option(help="For ort / trt: a folder `fastinv export` wrote (trt needs one: --format trt)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder: bench.json, bench.md and plots.")] = Path(
+        "fastinv-bench"
+    ),
+    timing_only: Annotated[
+        bool,
+        typer.Option("--timing-only", help="Skip reconstruction and metrics (random-weight models)."),
+    ] = False,
+    fast: Annotated[
+        bool | None,
+        typer.Option("--fast/--no-fast", help="torch engine fast path (default: on for CUDA, off on CPU)."),
+    ] = None,
+) -> None:
+    """Time and score every method × engine × step count on the same images; write JSON, Markdown, plots."""
+    import logging
+
+    _quiet_libraries()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
+    from fastinv.bench import build_record, make_plan, report_tables, run_bench, write_report
+
+    plan = make_plan(
+        model=model,
+        solver=solver,
+        methods=methods,
+        engines=engines,
+        steps=steps,
+        images=images,
+        max_images=max_images,
+        repeats=repeats,
+        warmup=warmup,
+        device=device,
+        dtype=dtype,
+        engine_dir=engine_dir,
+        out=out,
+        timing_only=timing_only,
+        fast=fast,
+    )
+    record = build_record(plan, run_bench(plan, console))
+    paths = write_report(record, plan.out)
+    for table in report_tables(record):
+        rich_table = Table(title=table.title)
+        for column, align in zip(table.columns, table.align, strict=True):
+            rich_table.add_column(column, justify="right" if align == "r" else "left", overflow="fold")
+        for cells in table.rows:
+            rich_table.add_row(*cells)
+        console.print(rich_table)
+    console.print(f"[dim]{record['fidelity_note']}[/dim]")
+    console.print(f"wrote {', '.join(str(path) for path in paths)}", markup=False, soft_wrap=True)
 
 
 def _version_of(package: str) -> str:

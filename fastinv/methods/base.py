@@ -65,19 +65,27 @@ class NFECounter:
 
 
 class Stopwatch:
-    """Wall time that waits for queued GPU work before reading the clock."""
+    """Seconds since construction. On a CUDA device: CUDA events on the current stream, the start recorded
+    at construction (it fires when the GPU reaches it, so work queued before is not counted, and no host
+    sync is needed) and the end at `seconds()`, which waits for it; elsewhere: time.perf_counter."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._sync()
-        self.start = time.perf_counter()
+        if device.type == "cuda":
+            self._start_event = self._record()
+        else:
+            self.start = time.perf_counter()
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _record(self) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
 
     def seconds(self) -> float:
-        self._sync()
+        if self.device.type == "cuda":
+            end = self._record()
+            end.synchronize()
+            return self._start_event.elapsed_time(end) / 1e3
         return time.perf_counter() - self.start
 
 

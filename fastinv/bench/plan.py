@@ -1,0 +1,243 @@
+"""What `fastinv bench` runs: methods × engines × step counts on a set of images, checked before any work."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fastinv.device import precision_name, resolve_device, resolve_dtype
+from fastinv.errors import FastinvError
+from fastinv.methods import METHODS, get_method, method_options
+from fastinv.runtime.engines import ENGINES, onnx_file
+from fastinv.training.photos import HELD_OUT, load_photo
+
+SKIMAGE = "skimage"
+"""--images value for the photos held out of the shipped model's training (fastinv.training.photos)."""
+PROMPT = ""
+GUIDANCE = 1.0
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    """One benchmark image: a held-out skimage photo (path None) or an image file."""
+
+    name: str
+    path: Path | None = None
+
+    def load(self) -> np.ndarray | Path:
+        """What `Inverter.prepare_image` takes: the photo as uint8 [H, W, 3], or the file's path."""
+        return load_photo(self.name) if self.path is None else self.path
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """A validated benchmark: every method × engine × step count on every image.
+
+    device / precision are resolved ("cpu", "fp32"); engine_dir is the folder the ort / trt engines read
+    (None: bench exports the ort graphs into out/engines first); fast: the torch engine's fast path
+    (None: on for CUDA).
+    """
+
+    model: Path | None
+    solver: Path | None
+    methods: tuple[str, ...]
+    engines: tuple[str, ...]
+    steps: tuple[int, ...]
+    images: tuple[BenchImage, ...]
+    image_source: str
+    repeats: int
+    warmup: int
+    device: str
+    precision: str
+    engine_dir: Path | None
+    out: Path
+    timing_only: bool
+    fast: bool | None
+
+    @property
+    def export_dir(self) -> Path:
+        """Where the ort graphs are exported when no engine_dir is given."""
+        return self.out / "engines"
+
+    def command(self) -> str:
+        """The `fastinv bench` command line that repeats this plan, every option spelled out."""
+        args = ["fastinv", "bench"]
+        args += ["--model", str(self.model)] if self.model else []
+        args += ["--solver", str(self.solver)] if self.solver else []
+        args += ["--methods", ",".join(self.methods), "--engines", ",".join(self.engines)]
+        args += ["--steps", ",".join(map(str, self.steps)), "--images", self.image_source]
+        args += ["--max-images", str(len(self.images)), "--repeats", str(self.repeats)]
+        args += ["--warmup", str(self.warmup), "--device", self.device, "--dtype", self.precision]
+        args += ["--engine-dir", str(self.engine_dir)] if self.engine_dir else []
+        args += ["--out", str(self.out)]
+        args += ["--timing-only"] if self.timing_only else []
+        args += [] if self.fast is None else ["--fast" if self.fast else "--no-fast"]
+        return shlex.join(args)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model.resolve()) if self.model else "the shipped default model",
+            "solver": str(self.solver) if self.solver else None,
+            "methods": list(self.methods),
+            "method_options": {name: method_options(name) for name in self.methods},  # the defaults
+            "engines": list(self.engines),
+            "steps": list(self.steps),
+            "images": self.image_source,
+            "image_names": [image.name for image in self.images],
+            "prompt": PROMPT,
+            "guidance": GUIDANCE,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "device": self.device,
+            "dtype": self.precision,
+            "engine_dir": str(self.engine_dir) if self.engine_dir else None,
+            "timing_only": self.timing_only,
+            "fast": self.fast,
+        }
+
+
+def _names(text: str, option: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise FastinvError(f"{option} is empty: give a comma-separated list")
+    return list(dict.fromkeys(names))
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """ "all" → every registered method in registry order; else a comma-separated list of method names."""
+    if text.strip() == "all":
+        return tuple(METHODS)
+    names = _names(text, "--methods")
+    for name in names:
+        get_method(name)
+    return tuple(names)
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """ "10,25,50" → (10, 25, 50): distinct step counts ≥ 1, ascending."""
+    try:
+        steps = sorted({int(part) for part in _names(text, "--steps")})
+    except ValueError as err:
+        raise FastinvError(
+            f"--steps takes comma-separated whole numbers, e.g. 10,25,50; got {text!r}"
+        ) from err
+    if steps[0] < 1:
+        raise FastinvError(f"--steps must all be at least 1, got {text!r}")
+    return tuple(steps)
+
+
+def list_images(source: str, max_images: int | None = None) -> tuple[BenchImage, ...]:
+    """The held-out skimage photos ("skimage") or a folder's image files by name; at most max_images."""
+    if max_images is not None and max_images < 1:
+        raise FastinvError(f"--max-images must be at least 1, got {max_images}")
+    if source == SKIMAGE:
+        images = tuple(BenchImage(name) for name in HELD_OUT)
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FastinvError(f"image folder not found: {folder} (give a folder of images, or 'skimage')")
+        suffixes = set(Image.registered_extensions())
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise FastinvError(
+                f"no image files in {folder} (looked for {', '.join(sorted(suffixes)[:6])}, …)"
+            )
+        images = tuple(BenchImage(p.name, p) for p in files)
+    return images[:max_images]
+
+
+def _require(module: str, engine: str, extra: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # ImportError, or a broken install failing on its native libraries
+        raise FastinvError(
+            f"the {engine} engine needs {module} ({type(err).__name__} on import): "
+            f"pip install -e '.[{extra}]'"
+        ) from err
+
+
+def parse_engines(text: str, device: str, precision: str, engine_dir: Path | None) -> tuple[str, ...]:
+    """A comma-separated list of torch | ort | trt, each checked to be runnable here: ort needs onnxruntime
+    (and onnx to export its graphs when engine_dir is None); trt needs TensorRT, a CUDA device and an
+    engine_dir that `fastinv export --format trt` wrote."""
+    engines = _names(text, "--engines")
+    for engine in engines:
+        if engine not in ENGINES:
+            raise FastinvError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
+    graph_engines = [engine for engine in engines if engine != "torch"]
+    if engine_dir is not None:
+        if not graph_engines:
+            raise FastinvError("--engine-dir is for the ort and trt engines; add one to --engines")
+        if not engine_dir.is_dir():
+            raise FastinvError(f"engine folder not found: {engine_dir}")
+        onnx_file(engine_dir, "velocity", precision)
+    if "ort" in engines:
+        _require("onnxruntime", "ort", "onnx")
+        if engine_dir is None:
+            _require("onnxscript", "ort", "onnx")  # the exporter (torch.onnx dynamo=True) runs on it
+    if "trt" in engines:
+        from fastinv.runtime.trt import tensorrt_module
+
+        tensorrt_module()
+        if not device.startswith("cuda"):
+            raise FastinvError(f"the trt engine runs on a CUDA device, not {device}: pass --device cuda")
+        if engine_dir is None:
+            raise FastinvError(
+                "the trt engine needs --engine-dir: a folder `fastinv export --format trt` wrote "
+                "(bench exports ONNX graphs for ort only)"
+            )
+    return tuple(engines)
+
+
+def make_plan(
+    *,
+    model: Path | None = None,
+    solver: Path | None = None,
+    methods: str = "all",
+    engines: str = "torch",
+    steps: str = "10,25,50",
+    images: str = SKIMAGE,
+    max_images: int | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "auto",
+    dtype: str = "auto",
+    engine_dir: Path | None = None,
+    out: Path = Path("fastinv-bench"),
+    timing_only: bool = False,
+    fast: bool | None = None,
+) -> BenchPlan:
+    """Parse and check every option (the CLI's strings) into a BenchPlan; one-line FastinvError otherwise."""
+    if repeats < 1:
+        raise FastinvError(f"--repeats must be at least 1, got {repeats}")
+    if warmup < 0:
+        raise FastinvError(f"--warmup must be at least 0, got {warmup}")
+    if model is not None and not model.is_dir():
+        raise FastinvError(f"model folder not found: {model}")
+    if solver is not None and not solver.is_dir():
+        raise FastinvError(f"solver folder not found: {solver}")
+    torch_device = resolve_device(device)
+    precision = precision_name(resolve_dtype(dtype, torch_device))
+    return BenchPlan(
+        model=model,
+        solver=solver,
+        methods=parse_methods(methods),
+        engines=parse_engines(engines, str(torch_device), precision, engine_dir),
+        steps=parse_steps(steps),
+        images=list_images(images, max_images),
+        image_source=images,
+        repeats=repeats,
+        warmup=warmup,
+        device=str(torch_device),
+        precision=precision,
+        engine_dir=engine_dir,
+        out=out,
+        timing_only=timing_only,
+        fast=fast,
+    )

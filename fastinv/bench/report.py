@@ -1,0 +1,336 @@
+"""What `fastinv bench` writes: bench.json (every figure, config, hardware, versions, command), bench.md (the
+tables) and matplotlib plots; the same tables feed the CLI's rich output."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from fastinv import __version__
+from fastinv.bench.memory import PeakMemory
+from fastinv.bench.plan import BenchPlan
+from fastinv.bench.run import BenchResult
+from fastinv.bench.summary import SPREAD, Row, aggregate, summarize
+from fastinv.io import atomic_write, save_json
+
+FIDELITY_NOTE = (
+    "Fidelity is only meaningful on a trained model: on random weights every method looks almost exact."
+)
+TIMING_ONLY_NOTE = "random weights: timing only (no reconstruction, no metrics)"
+MARKERS = {"torch": "o", "ort": "s", "trt": "^"}
+
+
+def _version(*distributions: str) -> str | None:
+    """The installed version of the first of `distributions` that is installed; None if none is."""
+    for name in distributions:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """{"hardware": platform, CPUs, torch threads, GPU name, CUDA version (None on CPU), "versions": …}."""
+    cuda = device.type == "cuda"
+    hardware = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+    }
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
+        "tensorrt": _version("tensorrt"),
+        "fastinv": __version__,
+    }
+    return {"hardware": hardware, "versions": {k: v for k, v in versions.items() if v is not None}}
+
+
+def build_record(plan: BenchPlan, result: BenchResult) -> dict[str, Any]:
+    """The bench.json record: command, UTC date, config, hardware, versions, per-engine fast path, notes on
+    timing / memory / fidelity, aggregates, per-image rows, skipped combinations and the summary ratios."""
+    aggregates = aggregate(result.rows)
+    device = torch.device(plan.device)
+    timer = "CUDA events on the current stream" if device.type == "cuda" else "time.perf_counter"
+    return {
+        "command": plan.command(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": plan.to_json(),
+        **environment(device),
+        "engines": result.engines,
+        "timing": (
+            f"inversion only (InversionResult.seconds, {timer}), after {plan.warmup} warm-up "
+            f"inversion(s) per method × steps; s/image is the median, spread {SPREAD}"
+        ),
+        "memory": PeakMemory.kind(device),
+        "fidelity_note": TIMING_ONLY_NOTE if plan.timing_only else FIDELITY_NOTE,
+        "aggregates": aggregates,
+        "rows": result.rows,
+        "skipped": result.skipped,
+        "summary": summarize(aggregates, fidelity=not plan.timing_only),
+    }
+
+
+@dataclass
+class TextTable:
+    """A table of formatted cells; `align` has one letter per column: "l" (text) or "r" (numbers)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    align: str
+
+
+def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _nfe(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _seconds(row: Row) -> str:
+    return f"{row['seconds_median']:.3g} ({row['seconds_p20']:.3g}–{row['seconds_p80']:.3g})"
+
+
+def results_table(aggregates: list[Row]) -> TextTable:
+    """method, engine, steps, NFE, s/image median (spread), peak MiB, PSNR dB, SSIM, LPIPS per aggregate."""
+    columns = (
+        "method",
+        "engine",
+        "steps",
+        "NFE",
+        "s/image (p20–p80)",
+        "peak MiB",
+        "PSNR dB",
+        "SSIM",
+        "LPIPS",
+    )
+    rows = [
+        (
+            row["method"],
+            row["engine"],
+            str(row["steps"]),
+            _nfe(row["nfe"]),
+            _seconds(row),
+            f"{row['peak_mib']:.0f}",
+            _fmt(row["psnr"]),
+            _fmt(row["ssim"], 4),
+            _fmt(row["lpips"], 4),
+        )
+        for row in aggregates
+    ]
+    return TextTable("Per method × engine × steps (mean over images)", columns, rows, "llrrrrrrr")
+
+
+def skipped_table(skipped: list[Row]) -> TextTable:
+    """One row per engine × method that could not run, with its step counts and reason."""
+    merged: dict[tuple[str, str, str], list[str]] = {}
+    for row in skipped:
+        merged.setdefault((row["engine"], row["method"], row["reason"]), []).append(str(row["steps"]))
+    rows = [(engine, method, ",".join(steps), reason) for (engine, method, reason), steps in merged.items()]
+    return TextTable("Skipped", ("engine", "method", "steps", "reason"), rows, "llrl")
+
+
+def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
+    """The time ratios, then DeepInv − baseline at equal steps and at equal time, over all engines."""
+    times, steps_rows, time_rows = [], [], []
+    for engine, parts in summary.items():
+        for r in parts["time_ratios"]:
+            times.append((engine, r["ratio"], str(r["steps"]), f"{r['value']:.2f}×"))
+        for r in parts.get("equal_steps", []):
+            diffs = (_fmt(r["psnr"], sign=True), _fmt(r["ssim"], 4, True), _fmt(r["lpips"], 4, True))
+            steps_rows.append((engine, r["baseline"], str(r["steps"]), *diffs))
+        for r in parts.get("equal_time", []):
+            diffs = (
+                _fmt(r["baseline_psnr"]),
+                _fmt(r["psnr"], sign=True),
+                _fmt(r["ssim"], 4, True),
+                _fmt(r["lpips"], 4, True),
+            )
+            time_rows.append((engine, r["baseline"], str(r["steps"]), f"{r['seconds']:.3g}", *diffs))
+    deltas = ("ΔPSNR dB", "ΔSSIM", "ΔLPIPS")
+    return [
+        TextTable(
+            "Time ratios (median s/image, equal steps)", ("engine", "ratio", "steps", "value"), times, "llrr"
+        ),
+        TextTable(
+            "DeepInv − baseline at equal steps (ΔLPIPS < 0: DeepInv better)",
+            ("engine", "baseline", "steps", *deltas),
+            steps_rows,
+            "llrrrr",
+        ),
+        TextTable(
+            "DeepInv − baseline at equal time (baseline interpolated in log time at DeepInv's s/image; "
+            "n/a: outside the baseline's measured time range, never extrapolated)",
+            ("engine", "baseline", "deepinv steps", "s/image", "baseline PSNR dB", *deltas),
+            time_rows,
+            "llrrrrrr",
+        ),
+    ]
+
+
+def report_tables(record: dict[str, Any]) -> list[TextTable]:
+    """Every non-empty table of a bench record, in the order bench.md shows them."""
+    tables = [results_table(record["aggregates"]), skipped_table(record["skipped"])]
+    return [table for table in tables + ratio_tables(record["summary"]) if table.rows]
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """bench.md: the command, setting and notes, then every table of `report_tables`."""
+    config, hardware = record["config"], record["hardware"]
+    where = hardware["gpu"] or f"CPU, {hardware['torch_threads']} torch threads"
+    fast = "; ".join(f"{engine}: {info['fast_path']}" for engine, info in record["engines"].items())
+    lines = [
+        "# fastinv bench",
+        "",
+        f"`{record['command']}`",
+        "",
+        f"- {record['date']}, {config['device']} ({where}), {config['dtype']}, "
+        f"fastinv {record['versions']['fastinv']}",
+        f"- images: {config['images']} ({', '.join(config['image_names'])}), prompt {config['prompt']!r}, "
+        f"guidance {config['guidance']}",
+        f"- fast path: {fast}",
+        f"- time: {record['timing']}",
+        f"- memory: {record['memory']}",
+        f"- {record['fidelity_note']}",
+    ]
+    for table in report_tables(record):
+        align = ["---:" if letter == "r" else "---" for letter in table.align]
+        lines += ["", f"## {table.title}", "", "| " + " | ".join(table.columns) + " |"]
+        lines += ["|" + "|".join(align) + "|"]
+        lines += [
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in table.rows
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _log_scale(axis: Axis, values: list[float]) -> None:
+    """A log axis labelled in plain numbers: every minor tick within a decade, else 1-2-5 ticks."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if values and max(values) < 10 * min(values):
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    else:
+        axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def plot(
+    aggregates: list[Row],
+    x: str,
+    y: str,
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
+    """A PNG of aggregate key `y` against key `x`: one line per method × engine through its step counts
+    (colour: method, marker: engine), each point labelled with its steps; missing or infinite values left
+    out. Saved atomically."""
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(row["method"] for row in aggregates))
+    engines = list(dict.fromkeys(row["engine"] for row in aggregates))
+    colors = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    for method in methods:
+        for engine in engines:
+            points = sorted(
+                (row["steps"], row[x], row[y])
+                for row in aggregates
+                if row["method"] == method
+                and row["engine"] == engine
+                and row[y] is not None
+                and math.isfinite(row[y])
+            )
+            if not points:
+                continue
+            xs, ys = [p[1] for p in points], [p[2] for p in points]
+            ax.plot(xs, ys, color=colors[method], marker=MARKERS[engine], linewidth=1, markersize=6)
+            for steps, px, py in points:
+                ax.annotate(str(steps), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if logx:
+        ax.set_xscale("log")
+        _log_scale(ax.xaxis, [x for line in ax.get_lines() for x in line.get_xdata()])
+    if logy:
+        ax.set_yscale("log")
+        _log_scale(ax.yaxis, [y for line in ax.get_lines() for y in line.get_ydata()])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    method_keys = [Line2D([], [], color=colors[m], label=m) for m in methods]
+    engine_keys = [
+        Line2D([], [], color="grey", marker=MARKERS[e], linestyle="none", label=e) for e in engines
+    ]
+    ax.add_artist(ax.legend(handles=method_keys, title="method", loc="upper left", fontsize=8))
+    ax.legend(handles=engine_keys, title="engine", loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    return path
+
+
+def write_report(record: dict[str, Any], out: Path) -> list[Path]:
+    """bench.json, bench.md and the plots (fidelity_vs_time.png and fidelity_vs_steps.png; for a
+    timing-only run time_vs_steps.png instead) in `out`, each written atomically; their paths."""
+    paths = [save_json(record, out / "bench.json")]
+    with atomic_write(out / "bench.md") as tmp:
+        tmp.write_text(markdown(record), encoding="utf-8")
+    paths.append(out / "bench.md")
+    aggregates = record["aggregates"]
+    if record["config"]["timing_only"]:
+        paths.append(
+            plot(
+                aggregates,
+                "steps",
+                "seconds_median",
+                out / "time_vs_steps.png",
+                xlabel="steps",
+                ylabel="median s/image (inversion)",
+                logy=True,
+            )
+        )
+    else:
+        paths.append(
+            plot(
+                aggregates,
+                "seconds_median",
+                "psnr",
+                out / "fidelity_vs_time.png",
+                xlabel="median s/image (inversion)",
+                ylabel="reconstruction PSNR dB",
+                logx=True,
+            )
+        )
+        paths.append(
+            plot(
+                aggregates,
+                "steps",
+                "psnr",
+                out / "fidelity_vs_steps.png",
+                xlabel="steps",
+                ylabel="reconstruction PSNR dB",
+            )
+        )
+    return paths

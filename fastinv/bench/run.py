@@ -1,0 +1,174 @@
+"""Running a BenchPlan: per engine, load the model once, then time every steps × method on every image."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from fastinv.api import Inverter, load
+from fastinv.bench.memory import PeakMemory
+from fastinv.bench.plan import GUIDANCE, PROMPT, BenchPlan
+from fastinv.bench.summary import Row
+from fastinv.errors import FastinvError
+from fastinv.io import LoadedImage
+
+
+@dataclass
+class BenchResult:
+    """rows: one per (engine, method, steps, image) that ran; skipped: {"engine", "method", "steps",
+    "reason"} per combination that could not run; engines: per engine, {"engine_dir", "fast_path"}."""
+
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[Row] = field(default_factory=list)
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def export_graphs(plan: BenchPlan, folder: Path) -> list[Path]:
+    """Export the denoiser (and the DeepInv solver, when the model has one or plan.solver names one) to
+    `folder` at the plan's precision, on CPU, as `fastinv export` does; the written .onnx paths."""
+    from fastinv.export.onnx import export_model
+
+    inverter = load(plan.model, device="cpu", dtype="fp32", solver=plan.solver, fast=False)
+    return list(export_model(inverter.model, inverter.solver_dir, folder, precision=plan.precision))
+
+
+def measure_image(
+    inverter: Inverter, picture: LoadedImage, method: str, steps: int, repeats: int, metrics: bool
+) -> Row:
+    """`repeats` timed inversions of one image, then one reconstruction from z_T scored against it.
+
+    Returns {"nfe", "seconds": [repeats] (InversionResult.seconds: CUDA events on GPU), "seconds_median",
+    "peak_mib" (the highest PeakMemory of the repeats)} plus, if `metrics`, inverter.evaluate's PSNR (dB),
+    SSIM, LPIPS, pixel and latent MSE (deterministic, so measured once).
+    """
+    seconds, peaks = [], []
+    for _ in range(repeats):
+        with PeakMemory(inverter.model.device) as memory:
+            inversion = inverter.invert(picture, prompt=PROMPT, guidance=GUIDANCE, method=method, steps=steps)
+        seconds.append(inversion.result.seconds)
+        peaks.append(memory.mib)
+    row = {
+        "nfe": inversion.result.nfe,
+        "seconds": seconds,
+        "seconds_median": statistics.median(seconds),
+        "peak_mib": max(peaks),
+    }
+    if metrics:
+        row |= inverter.evaluate(inversion, inverter.reconstruct(inversion))
+    return row
+
+
+def measure_combination(
+    inverter: Inverter,
+    engine: str,
+    pictures: dict[str, LoadedImage],
+    method: str,
+    steps: int,
+    plan: BenchPlan,
+    progress: Progress,
+    task: TaskID,
+) -> list[Row]:
+    """plan.warmup untimed inversions of the first image, then `measure_image` of each image."""
+    unit = f"{engine} · {method} · {steps} steps"
+    first = next(iter(pictures.values()))
+    for _ in range(plan.warmup):
+        progress.update(task, description=f"{unit} · warm-up")
+        inverter.invert(first, prompt=PROMPT, guidance=GUIDANCE, method=method, steps=steps)
+    rows = []
+    for name, picture in pictures.items():
+        progress.update(task, description=f"{unit} · {name}")
+        row = measure_image(inverter, picture, method, steps, plan.repeats, not plan.timing_only)
+        size = [picture.pixels.shape[-1], picture.pixels.shape[-2]]
+        rows.append({"engine": engine, "method": method, "steps": steps, "image": name, "size": size, **row})
+        progress.advance(task)
+    return rows
+
+
+def _load(plan: BenchPlan, engine: str, engine_dir: Path | None) -> Inverter:
+    return load(
+        plan.model,
+        device=plan.device,
+        dtype=plan.precision,
+        solver=plan.solver,
+        engine=engine,
+        engine_dir=engine_dir if engine != "torch" else None,
+        fast=plan.fast,
+    )
+
+
+def _export(plan: BenchPlan, console: Console) -> Path:
+    """`export_graphs` to plan.export_dir with a status line, then one line naming what it wrote."""
+    with console.status(
+        f"exporting the ONNX graphs ({plan.precision}) for the ort engine to {plan.export_dir}"
+    ):
+        start = time.perf_counter()
+        paths = export_graphs(plan, plan.export_dir)
+    names = ", ".join(path.name for path in paths)
+    seconds = time.perf_counter() - start
+    console.print(f"exported {names} to {plan.export_dir} in {seconds:.1f} s", markup=False, soft_wrap=True)
+    return plan.export_dir
+
+
+def _skipped(engine: str, method: str, steps: int, err: Exception) -> Row:
+    reason = str(err).splitlines()[0]
+    if isinstance(err, torch.OutOfMemoryError):
+        reason = f"out of memory: {reason}"
+    return {"engine": engine, "method": method, "steps": steps, "reason": reason}
+
+
+def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
+    """Every engine × steps × method × image of `plan`, with a rich progress bar on `console`.
+
+    With "ort" and no plan.engine_dir, the graphs are exported to plan.export_dir first. A combination
+    that raises a FastinvError (deepinv without a solver, preciseinv's gradients on a graph engine) or runs
+    out of GPU memory is recorded in `skipped` with the error's first line, and so is every combination of
+    an engine that fails to load; the others still run.
+    """
+    result = BenchResult()
+    engine_dir = plan.engine_dir
+    if "ort" in plan.engines and engine_dir is None:
+        engine_dir = _export(plan, console)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    total = len(plan.engines) * len(plan.steps) * len(plan.methods) * len(plan.images)
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("loading", total=total)
+        done = 0
+        for engine in plan.engines:
+            progress.update(
+                task, description=f"{engine} · loading {plan.model or 'the shipped default model'}"
+            )
+            try:
+                inverter = _load(plan, engine, engine_dir)
+            except FastinvError as err:  # e.g. graphs exported from another model: the other engines run
+                result.skipped += [_skipped(engine, m, n, err) for n in plan.steps for m in plan.methods]
+                done += len(plan.steps) * len(plan.methods) * len(plan.images)
+                progress.update(task, completed=done)
+                continue
+            pictures = {image.name: inverter.prepare_image(image.load()) for image in plan.images}
+            result.engines[engine] = {
+                "engine_dir": None if inverter.engine_dir is None else str(inverter.engine_dir),
+                "fast_path": inverter.fast.describe(),
+            }
+            for steps in plan.steps:
+                for method in plan.methods:
+                    try:
+                        result.rows += measure_combination(
+                            inverter, engine, pictures, method, steps, plan, progress, task
+                        )
+                    except (FastinvError, torch.OutOfMemoryError) as err:
+                        result.skipped.append(_skipped(engine, method, steps, err))
+                    done += len(pictures)
+                    progress.update(task, completed=done)
+            del inverter, pictures  # one engine's model in memory at a time
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return result

@@ -1,0 +1,147 @@
+"""From per-image rows to per-(engine, method, steps) aggregates, and the ratios the benchmark exists for.
+
+Per engine: DeepInv time ÷ Euler time and ReNoise time ÷ DeepInv time at each step count; DeepInv minus
+each baseline in PSNR / SSIM / LPIPS at equal steps, and at equal time (the baseline's metrics interpolated,
+linear in log time, at DeepInv's time per image; never extrapolated). Only ratios whose methods ran.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import numpy as np
+
+METRICS = ("psnr", "ssim", "lpips", "mse_pixel", "mse_latent")
+COMPARED = ("psnr", "ssim", "lpips")
+"""The metrics DeepInv is compared on (LPIPS: lower is better)."""
+SPREAD = "p20–p80 of all timed inversions (images × repeats)"
+OUTSIDE = "n/a (outside the measured range)"
+TIME_RATIOS = (("deepinv", "euler"), ("renoise", "deepinv"))
+"""(numerator, denominator) methods of the time ratios."""
+
+Row = dict[str, Any]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean; None if any value is missing (e.g. LPIPS unavailable, or timing only)."""
+    return None if not values or any(v is None for v in values) else statistics.fmean(values)
+
+
+def aggregate(rows: list[Row]) -> list[Row]:
+    """One row per (engine, method, steps) of the per-image rows, in order of first appearance.
+
+    seconds_median: median s/image over every timed inversion; seconds_p20 / seconds_p80: the SPREAD;
+    nfe: per image (a mean where it varies by image); peak_mib: the highest of any image; metrics: means.
+    """
+    groups: dict[tuple[str, str, int], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row["engine"], row["method"], row["steps"]), []).append(row)
+    aggregates = []
+    for (engine, method, steps), group in groups.items():
+        seconds = [s for row in group for s in row["seconds"]]
+        p20, p80 = np.percentile(seconds, [20, 80])
+        nfes = [row["nfe"] for row in group]
+        aggregates.append(
+            {
+                "engine": engine,
+                "method": method,
+                "steps": steps,
+                "images": len(group),
+                "nfe": nfes[0] if len(set(nfes)) == 1 else statistics.fmean(nfes),
+                "seconds_median": statistics.median(seconds),
+                "seconds_p20": float(p20),
+                "seconds_p80": float(p80),
+                "peak_mib": max(row["peak_mib"] for row in group),
+                **{key: _mean([row.get(key) for row in group]) for key in METRICS},
+            }
+        )
+    return aggregates
+
+
+def _by_method(aggregates: list[Row], engine: str) -> dict[str, dict[int, Row]]:
+    table: dict[str, dict[int, Row]] = {}
+    for row in aggregates:
+        if row["engine"] == engine:
+            table.setdefault(row["method"], {})[row["steps"]] = row
+    return table
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def time_ratios(aggregates: list[Row], engine: str) -> list[Row]:
+    """[{"ratio": "deepinv ÷ euler", "steps", "value"}, …]: median s/image ratios at equal steps."""
+    table = _by_method(aggregates, engine)
+    ratios = []
+    for top, bottom in TIME_RATIOS:
+        for steps in sorted(set(table.get(top, {})) & set(table.get(bottom, {}))):
+            value = table[top][steps]["seconds_median"] / table[bottom][steps]["seconds_median"]
+            ratios.append({"ratio": f"{top} ÷ {bottom}", "steps": steps, "value": value})
+    return ratios
+
+
+def equal_steps(aggregates: list[Row], engine: str) -> list[Row]:
+    """[{"baseline", "steps", "psnr", "ssim", "lpips"}, …]: DeepInv minus the baseline at the same steps."""
+    table = _by_method(aggregates, engine)
+    ours = table.get("deepinv", {})
+    rows = []
+    for baseline, theirs in table.items():
+        if baseline == "deepinv":
+            continue
+        for steps in sorted(set(ours) & set(theirs)):
+            diffs = {key: _difference(ours[steps][key], theirs[steps][key]) for key in COMPARED}
+            rows.append({"baseline": baseline, "steps": steps, **diffs})
+    return rows
+
+
+def interpolate_log_time(points: list[tuple[float, float | None]], seconds: float) -> float | None:
+    """A metric at `seconds`, linear in log time between measured (seconds, metric) points; None when
+    `seconds` lies outside their time range or a metric is missing. Never extrapolates."""
+    known = sorted((t, m) for t, m in points if m is not None)
+    if len(known) < len(points) or not known:
+        return None
+    times = [t for t, _ in known]
+    if not times[0] <= seconds <= times[-1]:
+        return None
+    return float(np.interp(math.log(seconds), [math.log(t) for t in times], [m for _, m in known]))
+
+
+def equal_time(aggregates: list[Row], engine: str) -> list[Row]:
+    """DeepInv minus each baseline at equal time: per baseline and DeepInv step count, {"baseline", "steps",
+    "seconds" (DeepInv's median s/image), "baseline_<metric>" (interpolated) and "<metric>" (the
+    difference) for PSNR / SSIM / LPIPS, "note": None or OUTSIDE}."""
+    table = _by_method(aggregates, engine)
+    rows = []
+    for baseline, theirs in table.items():
+        if baseline == "deepinv":
+            continue
+        times = [row["seconds_median"] for row in theirs.values()]
+        for steps, ours in sorted(table.get("deepinv", {}).items()):
+            seconds = ours["seconds_median"]
+            row: Row = {"baseline": baseline, "steps": steps, "seconds": seconds}
+            inside = min(times) <= seconds <= max(times)
+            for key in COMPARED:
+                points = [(r["seconds_median"], r[key]) for r in theirs.values()]
+                value = interpolate_log_time(points, seconds)
+                row[f"baseline_{key}"] = value
+                row[key] = _difference(ours[key], value)
+            rows.append(row | {"note": None if inside else OUTSIDE})
+    return rows
+
+
+def summarize(aggregates: list[Row], *, fidelity: bool = True) -> dict[str, dict[str, list[Row]]]:
+    """Per engine: {"time_ratios", "equal_steps", "equal_time"} (see the functions of those names); the two
+    fidelity comparisons are left out when `fidelity` is False (a timing-only run)."""
+    engines = dict.fromkeys(row["engine"] for row in aggregates)
+    summary = {}
+    for engine in engines:
+        summary[engine] = {"time_ratios": time_ratios(aggregates, engine)}
+        if fidelity:
+            summary[engine] |= {
+                "equal_steps": equal_steps(aggregates, engine),
+                "equal_time": equal_time(aggregates, engine),
+            }
+    return summary
