@@ -19,6 +19,7 @@ _EXPORTS = {
     "Inverter": "fastinv.api",
     "Inversion": "fastinv.api",
     "Reconstruction": "fastinv.api",
+    "Edit": "fastinv.api",
     "Conditioning": "fastinv.conditioning",
     "FastinvError": "fastinv.errors",
     "METHODS": "fastinv.methods",

@@ -13,6 +13,8 @@ fastinv.load(..., fast=False); see `fastinv.runtime.fast_path`.
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,11 @@ from fastinv.methods import InversionResult, StepCallback, check_options, get_me
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
+from fastinv.models.prompt_cache import PromptCache
 from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity
 from fastinv.runtime.fast_path import FastPath, compile_network
 from fastinv.runtime.graph import GraphSolver
-from fastinv.sampling import sample_euler
+from fastinv.sampling import SourceControl, sample_euler
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
 ImageSource = str | Path | Image.Image | np.ndarray
@@ -71,6 +74,19 @@ class Reconstruction:
     image: Image.Image = field(repr=False)
 
 
+@dataclass
+class Edit:
+    """An edit: the source's inversion and the regeneration from its z_T with the target prompt, held to
+    the source by strength η over the first `stop` fraction of the steps (`sampling.SourceControl`)."""
+
+    inversion: Inversion
+    target_prompt: str
+    guidance: float
+    strength: float
+    stop: float
+    edited: Reconstruction
+
+
 class Inverter:
     """A loaded model plus the invert → reconstruct → evaluate path, for any registered method.
 
@@ -79,6 +95,12 @@ class Inverter:
     to engine_dir when it holds one (checked against solver_dir's config), else the torch solver.
     fast: the fast-path switches; `load` resolves and applies them to the model (compile, CUDA graphs);
     the inverter compiles torch solvers and picks the step kernels with them.
+
+    Threads: one Inverter may serve several threads, on every engine. The calls that run the networks
+    (invert, invert_batch, reconstruct, edit) hold the inverter's lock, so one request at a time runs on
+    the device; image loading and metrics run outside it. A GPU runs one request's batch at full width
+    and torch on CPU already spreads one request over all cores, so a lock costs little; for throughput,
+    batch (`invert_batch`). Prompt embeddings live in the model's bounded LRU `prompt_cache`.
     """
 
     def __init__(
@@ -97,6 +119,7 @@ class Inverter:
         self.engine_dir = engine_folder(engine, engine_dir)
         self._solver: TorchSolver | GraphSolver | None = None
         self._solvers_by_path: dict[Path, TorchSolver | GraphSolver] = {}
+        self._lock = threading.RLock()
 
     @property
     def solver(self) -> TorchSolver | GraphSolver:
@@ -134,6 +157,25 @@ class Inverter:
             image, multiple=step, min_size=step, size=self.model.resolution, max_side=self.model.max_side
         )
 
+    def _method_options(self, method: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(options to call `method` with, options to record): a solver option becomes a loaded solver."""
+        check_options(method, options)
+        options, recorded = dict(options), dict(options)
+        if "solver" in method_options(method):
+            given = options.get("solver")
+            if given is None:
+                options["solver"], source = self.solver, self.solver_dir
+            elif isinstance(given, str | Path):
+                key = Path(given).resolve()
+                if key not in self._solvers_by_path:  # loaded once, not on every call
+                    self._solvers_by_path[key] = self._load_solver(given)
+                options["solver"], source = self._solvers_by_path[key], given
+            else:
+                source = type(given).__name__
+            graph = getattr(options["solver"], "graph", None)  # an exported solver: record its file
+            recorded["solver"] = str(graph.path if graph is not None else source)
+        return options, recorded
+
     def invert(
         self,
         image: ImageSource | LoadedImage,
@@ -148,51 +190,138 @@ class Inverter:
         **options: Any,
     ) -> Inversion:
         """Invert one image to z_T with `method` over `steps` steps of the model's schedule."""
+        (inversion,) = self.invert_batch(
+            [image],
+            prompt=prompt,
+            method=method,
+            steps=steps,
+            guidance=guidance,
+            embedded_guidance=embedded_guidance,
+            callback=callback,
+            keep_trajectory=keep_trajectory,
+            **options,
+        )
+        return inversion
+
+    def invert_batch(
+        self,
+        images: Sequence[ImageSource | LoadedImage],
+        *,
+        prompt: str = "",
+        method: str = "euler",
+        steps: int = 28,
+        guidance: float = 1.0,
+        embedded_guidance: float | None = None,
+        callback: StepCallback | None = None,
+        keep_trajectory: bool = False,
+        **options: Any,
+    ) -> list[Inversion]:
+        """Invert images with one prompt, one batched method call per latent size; results in input order.
+
+        Each Inversion holds its image's slice of z_T; nfe and seconds are those of its size group's
+        batched call (NFE per image = the method's NFE; seconds per image = seconds / group size).
+        """
         if steps < 1:
             raise FastinvError(f"steps must be at least 1, got {steps}")
+        if not images:
+            raise FastinvError("no images to invert")
         invert = get_method(method)
-        check_options(method, options)
-        recorded = dict(options)
-        if "solver" in method_options(method):
-            given = options.get("solver")
-            if given is None:
-                options["solver"], source = self.solver, self.solver_dir
-            elif isinstance(given, str | Path):
-                key = Path(given).resolve()
-                if key not in self._solvers_by_path:  # loaded once, not on every call
-                    self._solvers_by_path[key] = self._load_solver(given)
-                options["solver"], source = self._solvers_by_path[key], given
-            else:
-                source = type(given).__name__
-            graph = getattr(options["solver"], "graph", None)  # an exported solver: record its file
-            recorded["solver"] = str(graph.path if graph is not None else source)
-        loaded = image if isinstance(image, LoadedImage) else self.prepare_image(image)
-        cond = self.model.conditioning(prompt, guidance, embedded_guidance)
-        x0 = self.model.codec.encode(loaded.pixels.to(self.model.device))
-        sigmas = self.model.sigmas(steps, (x0.shape[-2], x0.shape[-1]))
-        with use_kernels(self.fast.kernels):
-            result = invert(
-                self.model.velocity,
-                x0,
-                sigmas,
-                cond,
-                callback=callback,
-                keep_trajectory=keep_trajectory,
-                **options,
-            )
-        return Inversion(result, method, steps, sigmas, cond, loaded, x0, recorded)
+        loaded = [image if isinstance(image, LoadedImage) else self.prepare_image(image) for image in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, picture in enumerate(loaded):
+            groups.setdefault(tuple(picture.pixels.shape), []).append(index)
+        inversions: list[Inversion | None] = [None] * len(loaded)
+        with self._lock:
+            options, recorded = self._method_options(method, options)
+            cond = self.model.conditioning(prompt, guidance, embedded_guidance)
+            for indices in groups.values():
+                pixels = torch.cat([loaded[i].pixels for i in indices]).to(self.model.device)
+                x0 = self.model.codec.encode(pixels)
+                sigmas = self.model.sigmas(steps, (x0.shape[-2], x0.shape[-1]))
+                with use_kernels(self.fast.kernels):
+                    result = invert(
+                        self.model.velocity,
+                        x0,
+                        sigmas,
+                        cond,
+                        callback=callback,
+                        keep_trajectory=keep_trajectory,
+                        **options,
+                    )
+                for row, i in enumerate(indices):
+                    trajectory = (
+                        None if result.trajectory is None else [z[row : row + 1] for z in result.trajectory]
+                    )
+                    part = InversionResult(result.z_T[row : row + 1], result.nfe, result.seconds, trajectory)
+                    inversions[i] = Inversion(
+                        part, method, steps, sigmas, cond, loaded[i], x0[row : row + 1], recorded
+                    )
+        return inversions
+
+    def _regenerate(
+        self,
+        inversion: Inversion,
+        cond: Conditioning,
+        control: SourceControl | None,
+        callback: StepCallback | None,
+    ) -> Reconstruction:
+        """Euler sampling from inversion's z_T on its schedule with `cond` (and `control`), decoded."""
+        with self._lock:
+            clock = Stopwatch(self.model.device)
+            with use_kernels(self.fast.kernels):
+                latents = sample_euler(
+                    self.model.velocity,
+                    inversion.z_T,
+                    inversion.sigmas,
+                    cond,
+                    callback=callback,
+                    control=control,
+                )
+            pixels = self.model.codec.decode(latents).cpu()
+            seconds = clock.seconds()
+        return Reconstruction(latents, pixels, len(inversion.sigmas) - 1, seconds, pixels_to_pil(pixels))
 
     def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
         """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""
-        clock = Stopwatch(self.model.device)
-        with use_kernels(self.fast.kernels):
-            latents = sample_euler(
-                self.model.velocity, inversion.z_T, inversion.sigmas, inversion.cond, callback=callback
+        return self._regenerate(inversion, inversion.cond, None, callback)
+
+    def edit(
+        self,
+        image: ImageSource | LoadedImage | Inversion,
+        *,
+        source_prompt: str = "",
+        target_prompt: str,
+        method: str = "euler",
+        steps: int = 28,
+        guidance: float = 1.0,
+        inversion_guidance: float = 1.0,
+        strength: float = 0.9,
+        stop: float = 0.25,
+        embedded_guidance: float | None = None,
+        callback: StepCallback | None = None,
+        **options: Any,
+    ) -> Edit:
+        """Invert `image` with `source_prompt` (guidance `inversion_guidance`), then regenerate from z_T with
+        `target_prompt` (guidance `guidance`), held to the source by RF-Inversion's controlled ODE
+        (`sampling.SourceControl`: strength η, the first `stop` fraction of the steps). An Inversion
+        is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration."""
+        SourceControl(torch.empty(0), strength, stop)  # one-line errors before any work
+        if isinstance(image, Inversion):
+            inversion = image
+        else:
+            inversion = self.invert(
+                image,
+                prompt=source_prompt,
+                method=method,
+                steps=steps,
+                guidance=inversion_guidance,
+                embedded_guidance=embedded_guidance,
+                **options,
             )
-        pixels = self.model.codec.decode(latents).cpu()
-        return Reconstruction(
-            latents, pixels, len(inversion.sigmas) - 1, clock.seconds(), pixels_to_pil(pixels)
-        )
+        cond = self.model.conditioning(target_prompt, guidance, embedded_guidance)
+        control = SourceControl(inversion.x0, strength, stop)
+        edited = self._regenerate(inversion, cond, control, callback)
+        return Edit(inversion, target_prompt, guidance, strength, stop, edited)
 
     def evaluate(self, inversion: Inversion, reconstruction: Reconstruction) -> dict[str, Any]:
         """PSNR, SSIM, LPIPS and pixel MSE of the reconstruction vs the input; MSE of the latents vs x0."""
@@ -217,6 +346,7 @@ def load(
     compile: bool | None = None,
     cuda_graphs: bool | None = None,
     kernels: str = "auto",
+    prompt_cache_size: int = 64,
 ) -> Inverter:
     """Load a local diffusers folder (SD3, FLUX; None: the shipped default model) for inversion.
 
@@ -227,7 +357,8 @@ def load(
     engine_dir: the folder `fastinv export` wrote, whose graphs are picked by dtype
     (velocity.<dtype>.onnx, solver.<dtype>.onnx, TensorRT engines beside them);
     fast: the torch engine's GPU fast path (None: on for CUDA); compile / cuda_graphs override its two
-    switches one by one; kernels: "auto" (Triton step kernels on CUDA) | "torch" (their references).
+    switches one by one; kernels: "auto" (Triton step kernels on CUDA) | "torch" (their references);
+    prompt_cache_size: how many prompts' embeddings the LRU keeps.
     """
     folder = engine_folder(engine, engine_dir)
     torch_device = resolve_device(device)
@@ -239,6 +370,7 @@ def load(
         embeddings=embeddings,
         transformer_weights=folder is None,  # an engine runs the exported graph: architecture only
     )
+    model.prompt_cache = PromptCache(prompt_cache_size)
     fast_path = FastPath.resolve(
         torch_device, torch_dtype, enabled=fast, compile=compile, cuda_graphs=cuda_graphs, kernels=kernels
     )

@@ -28,6 +28,56 @@ app = typer.Typer(
 )
 console = Console()
 
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Local diffusers folder (SD3/FLUX pipeline or transformer); default: the shipped model."
+    ),
+]
+SolverOption = Annotated[
+    Path | None, typer.Option(help="DeepInv solver folder for --method deepinv (default: MODEL/solver).")
+]
+MethodOption = Annotated[str, typer.Option(help="Inversion method (see `fastinv info`).")]
+StepsOption = Annotated[int, typer.Option(help="Number of schedule steps N.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. iterations=4."),
+]
+EmbeddedGuidanceOption = Annotated[
+    float | None, typer.Option(help="Guidance value for guidance-distilled FLUX-dev (default 3.5).")
+]
+EmbeddingsOption = Annotated[
+    Path | None, typer.Option(help="Precomputed prompt embeddings (for folders without text encoders).")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")]
+EngineOption = Annotated[
+    str, typer.Option(help="What runs the denoiser (and solver): torch | ort | trt (see `fastinv export`).")
+]
+EngineDirOption = Annotated[
+    Path | None, typer.Option(help="For ort / trt: the folder `fastinv export` wrote (graphs by --dtype).")
+]
+FastOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--fast/--no-fast",
+        help="torch engine fast path: torch.compile + CUDA graphs + Triton step kernels "
+        "(default: on for CUDA, off on CPU).",
+    ),
+]
+CompileOption = Annotated[
+    bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks (overrides --fast).")
+]
+CudaGraphsOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="Capture each step in a CUDA graph (overrides --fast)."
+    ),
+]
+KernelsOption = Annotated[
+    str, typer.Option(help="Step kernels: auto (Triton on CUDA) | torch (references, for torch.compile).")
+]
+
 
 def _quiet_libraries() -> None:
     """Keep diffusers/transformers load chatter (progress bars, optional-backend notices) off the terminal."""
@@ -57,64 +107,27 @@ def _output_names(images: list[Path]) -> dict[Path, str]:
 @app.command()
 def invert(
     images: Annotated[list[Path] | None, typer.Argument(help="Image files (any format PIL reads).")] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="Local diffusers folder (SD3/FLUX pipeline or transformer); default: the shipped model."
-        ),
-    ] = None,
+    model: ModelOption = None,
     example: Annotated[
         bool, typer.Option("--example", help="Also invert the photo shipped with fastinv.")
     ] = False,
-    method: Annotated[str, typer.Option(help="Inversion method (see `fastinv info`).")] = "euler",
-    steps: Annotated[int, typer.Option(help="Number of schedule steps N.")] = 28,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. iterations=4."),
-    ] = None,
+    method: MethodOption = "euler",
+    steps: StepsOption = 28,
+    set_: SetOption = None,
     prompt: Annotated[str, typer.Option(help="Prompt used for inversion and reconstruction.")] = "",
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
-    embedded_guidance: Annotated[
-        float | None, typer.Option(help="Guidance value for guidance-distilled FLUX-dev (default 3.5).")
-    ] = None,
-    embeddings: Annotated[
-        Path | None, typer.Option(help="Precomputed prompt embeddings (for folders without text encoders).")
-    ] = None,
-    solver: Annotated[
-        Path | None, typer.Option(help="DeepInv solver folder for --method deepinv (default: MODEL/solver).")
-    ] = None,
+    embedded_guidance: EmbeddedGuidanceOption = None,
+    embeddings: EmbeddingsOption = None,
+    solver: SolverOption = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-out"),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")] = "auto",
-    engine: Annotated[
-        str,
-        typer.Option(help="What runs the denoiser (and solver): torch | ort | trt (see `fastinv export`)."),
-    ] = "torch",
-    engine_dir: Annotated[
-        Path | None,
-        typer.Option(help="For ort / trt: the folder `fastinv export` wrote (graphs by --dtype)."),
-    ] = None,
-    fast: Annotated[
-        bool | None,
-        typer.Option(
-            "--fast/--no-fast",
-            help="torch engine fast path: torch.compile + CUDA graphs + Triton step kernels "
-            "(default: on for CUDA, off on CPU).",
-        ),
-    ] = None,
-    compile_: Annotated[
-        bool | None,
-        typer.Option("--compile/--no-compile", help="torch.compile the networks (overrides --fast)."),
-    ] = None,
-    cuda_graphs: Annotated[
-        bool | None,
-        typer.Option(
-            "--cuda-graphs/--no-cuda-graphs", help="Capture each step in a CUDA graph (overrides --fast)."
-        ),
-    ] = None,
-    kernels: Annotated[
-        str, typer.Option(help="Step kernels: auto (Triton on CUDA) | torch (references, for torch.compile).")
-    ] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    engine: EngineOption = "torch",
+    engine_dir: EngineDirOption = None,
+    fast: FastOption = None,
+    compile_: CompileOption = None,
+    cuda_graphs: CudaGraphsOption = None,
+    kernels: KernelsOption = "auto",
 ) -> None:
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
     _quiet_libraries()
@@ -175,6 +188,113 @@ def invert(
     console.print(
         f"wrote z_T (.zT.safetensors), reconstructions (.recon.png) and metrics (.metrics.json) to {out}"
     )
+
+
+@app.command()
+def edit(
+    image: Annotated[Path, typer.Argument(help="The image to edit (any format PIL reads).")],
+    target_prompt: Annotated[str, typer.Option(help="Prompt of the edit (the regeneration).")],
+    source_prompt: Annotated[str, typer.Option(help="Prompt describing the image (the inversion).")] = "",
+    method: MethodOption = "euler",
+    steps: StepsOption = 28,
+    set_: SetOption = None,
+    guidance: Annotated[float, typer.Option(help="CFG scale of the regeneration (1 = off).")] = 1.0,
+    inversion_guidance: Annotated[float, typer.Option(help="CFG scale of the inversion (1 = off).")] = 1.0,
+    strength: Annotated[
+        float, typer.Option(help="RF-Inversion control η in [0, 1]: 1 holds the source's layout, 0 does not.")
+    ] = 0.9,
+    stop: Annotated[float, typer.Option(help="Fraction of the sampling steps held to the source.")] = 0.25,
+    embedded_guidance: EmbeddedGuidanceOption = None,
+    embeddings: EmbeddingsOption = None,
+    model: ModelOption = None,
+    solver: SolverOption = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-edit"),
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    engine: EngineOption = "torch",
+    engine_dir: EngineDirOption = None,
+    fast: FastOption = None,
+    compile_: CompileOption = None,
+    cuda_graphs: CudaGraphsOption = None,
+    kernels: KernelsOption = "auto",
+) -> None:
+    """Edit an image: invert it with the source prompt, regenerate with the target prompt, held to the
+    source by RF-Inversion's controlled ODE; writes source, edit and side-by-side PNGs and a JSON record."""
+    _quiet_libraries()
+    import torch
+
+    from fastinv.api import load
+    from fastinv.methods import parse_options
+    from fastinv.outputs import write_edit_outputs
+    from fastinv.sampling import SourceControl
+
+    if not image.is_file():
+        raise FastinvError(f"image not found: {image}")
+    if steps < 1:
+        raise FastinvError(f"--steps must be at least 1, got {steps}")
+    SourceControl(torch.empty(0), strength, stop)  # bad --strength / --stop: one line, before loading
+    options = parse_options(method, set_ or [])
+    with console.status(f"loading {model or 'the shipped default model'}"):
+        inverter = load(
+            model,
+            device=device,
+            dtype=dtype,
+            embeddings=embeddings,
+            solver=solver,
+            engine=engine,
+            engine_dir=engine_dir,
+            fast=fast,
+            compile=compile_,
+            cuda_graphs=cuda_graphs,
+            kernels=kernels,
+        )
+    picture = inverter.prepare_image(image)
+    for note in [*inverter.model.notes, *picture.notes]:
+        console.print(f"[dim]{note}[/dim]")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"{image.stem}: invert", total=3 * steps)
+
+        def advance(_: dict[str, Any]) -> None:
+            progress.advance(task)
+
+        inversion = inverter.invert(
+            picture,
+            prompt=source_prompt,
+            method=method,
+            steps=steps,
+            guidance=inversion_guidance,
+            embedded_guidance=embedded_guidance,
+            callback=advance,
+            **options,
+        )
+        progress.update(task, description=f"{image.stem}: reconstruct")
+        reconstruction = inverter.reconstruct(inversion, callback=advance)
+        progress.update(task, description=f"{image.stem}: edit")
+        edited = inverter.edit(
+            inversion,
+            target_prompt=target_prompt,
+            guidance=guidance,
+            strength=strength,
+            stop=stop,
+            embedded_guidance=embedded_guidance,
+            callback=advance,
+        )
+    metrics = {
+        "reconstruction": inverter.evaluate(inversion, reconstruction),
+        "edit": inverter.evaluate(inversion, edited.edited),
+    }
+    write_edit_outputs(out, image.stem, inverter.model, edited, reconstruction, metrics)
+    table = Table(title=f"{method}, {steps} steps; edit η={strength}, first {stop:.0%} of the steps")
+    for column in ("vs source", "PSNR dB", "SSIM", "LPIPS", "s"):
+        table.add_column(column, justify="left" if column == "vs source" else "right")
+    for name, rec in (("reconstruction", reconstruction), ("edit", edited.edited)):
+        scores = metrics[name]
+        table.add_row(
+            name, _fmt(scores["psnr"]), _fmt(scores["ssim"], 4), _fmt(scores["lpips"], 4), _fmt(rec.seconds)
+        )
+    console.print(table)
+    console.print(f"wrote {image.stem}.source.png, .edit.png, .side_by_side.png, .edit.json to {out}")
 
 
 def _invert_one(
@@ -388,12 +508,8 @@ def _build_engines(
 
 @app.command()
 def bench(
-    model: Annotated[
-        Path | None, typer.Option(help="Local diffusers folder; default: the shipped default model.")
-    ] = None,
-    solver: Annotated[
-        Path | None, typer.Option(help="DeepInv solver folder for deepinv (default: MODEL/solver).")
-    ] = None,
+    model: ModelOption = None,
+    solver: SolverOption = None,
     methods: Annotated[
         str, typer.Option(help="'all' or a comma-separated list of methods, each with its default options.")
     ] = "all",
@@ -410,8 +526,8 @@ def bench(
     max_images: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed inversions per image.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed inversions per method × steps before timing.")] = 1,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     engine_dir: Annotated[
         Path | None,
         typer.Option(help="For ort / trt: a folder `fastinv export` wrote (trt needs one: --format trt)."),
@@ -423,10 +539,7 @@ def bench(
         bool,
         typer.Option("--timing-only", help="Skip reconstruction and metrics (random-weight models)."),
     ] = False,
-    fast: Annotated[
-        bool | None,
-        typer.Option("--fast/--no-fast", help="torch engine fast path (default: on for CUDA, off on CPU)."),
-    ] = None,
+    fast: FastOption = None,
 ) -> None:
     """Time and score every method × engine × step count on the same images; write JSON, Markdown, plots."""
     import logging

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageDraw, ImageOps, UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -141,8 +141,32 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 def save_png(pixels: torch.Tensor, path: str | Path) -> Path:
     """Write [3,H,W] or [1,3,H,W] pixels in [-1,1] as an 8-bit RGB PNG, atomically."""
-    image = pixels_to_pil(pixels)
+    return save_image(pixels_to_pil(pixels), path)
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write a PIL image as PNG, atomically."""
     return _write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def side_by_side(panels: list[tuple[str, Image.Image]], min_height: int = 192) -> Image.Image:
+    """Captioned panels in one row, each scaled by the same integer factor (nearest: pixels stay visible)
+    so that the row is at least `min_height` pixels high."""
+    scale = max(1, -(-min_height // max(image.height for _, image in panels)))
+    caption, gap = 18, 4
+    width = sum(image.width * scale for _, image in panels) + gap * (len(panels) - 1)
+    height = max(image.height for _, image in panels) * scale + caption
+    row = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(row)
+    x = 0
+    for label, image in panels:
+        big = image.convert("RGB").resize(
+            (image.width * scale, image.height * scale), Image.Resampling.NEAREST
+        )
+        row.paste(big, (x, caption))
+        draw.text((x + 2, 3), label[: max(4, big.width // 7)], fill="black")
+        x += big.width + gap
+    return row
 
 
 def save_json(obj: Any, path: str | Path) -> Path:

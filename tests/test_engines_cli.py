@@ -216,3 +216,23 @@ def test_info_lists_the_engines_that_import(monkeypatch: pytest.MonkeyPatch) -> 
     code, stdout, _ = cli(["info"])
     row = next(line for line in stdout.splitlines() if "engines" in line)
     assert code == 0 and "torch, ort" in row and "trt" not in row
+
+
+def test_one_ort_inverter_serves_eight_threads(
+    sd3_export: tuple[Path, str], tiny_sd3_dir: Path, photo: Path
+) -> None:
+    """Threads share one Inverter on the ort engine (denoiser and solver graphs): same results as in turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, _ = sd3_export
+    inv = fastinv.load(tiny_sd3_dir, device="cpu", engine="ort", engine_dir=folder)
+    requests = [(("euler", "deepinv")[i % 2], f"prompt {i % 3}") for i in range(16)]
+
+    def run(request: tuple[str, str]) -> torch.Tensor:
+        method, prompt = request
+        return inv.invert(photo, prompt=prompt, method=method, steps=2).z_T
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        threaded = list(pool.map(run, requests))
+    for together, alone in zip(threaded, map(run, requests), strict=True):
+        assert torch.equal(together, alone)

@@ -16,6 +16,7 @@ import torch
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.kernels.reference import guided
+from fastinv.models.prompt_cache import PromptCache
 from fastinv.schedule import flow_sigmas
 
 
@@ -133,9 +134,7 @@ class FlowModel:
     notes: list[str] = field(default_factory=list)
     schedule_seq_len: Callable[[int, int], int] | None = None
     solver_dir: Path | None = None
-    _prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(
-        default_factory=dict, repr=False
-    )
+    prompt_cache: PromptCache = field(default_factory=PromptCache, repr=False)
 
     def sigmas(self, steps: int, latent_hw: tuple[int, int]) -> torch.Tensor:
         """The N+1 sampling sigmas (1 → 0, float64) for `steps` steps at latent size (h, w)."""
@@ -143,12 +142,14 @@ class FlowModel:
         return flow_sigmas(self.scheduler_config, steps, image_seq_len=seq_len)
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Cached (prompt_embeds [1, L, D], pooled [1, P] | None) for `prompt`."""
-        if prompt not in self._prompt_cache:
-            embeds, pooled = self.prompt_encoder(prompt)
-            on_device = None if pooled is None else pooled.to(self.device)
-            self._prompt_cache[prompt] = (embeds.to(self.device), on_device)
-        return self._prompt_cache[prompt]
+        """(prompt_embeds [1, L, D], pooled [1, P] | None) for `prompt` on the model's device, from the
+        bounded LRU `prompt_cache` (encoded on a miss)."""
+
+        def encode(text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+            embeds, pooled = self.prompt_encoder(text)
+            return embeds.to(self.device), None if pooled is None else pooled.to(self.device)
+
+        return self.prompt_cache.get(prompt, encode)
 
     def conditioning(
         self, prompt: str = "", guidance_scale: float = 1.0, embedded_guidance: float | None = None
