@@ -18,10 +18,12 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
     Image.fromarray(data.chelsea()).resize((96, 64)).save("photo.png")
+    for name, photo in zip("abcd", (data.coffee, data.rocket, data.astronaut, data.chelsea), strict=True):
+        Image.fromarray(photo()).resize((64, 64)).save(f"{name}.png")
     namespace: dict = {}
     for block in blocks:
         exec(block, namespace)
-    assert Path("reconstruction.png").is_file()
+    assert Path("reconstruction.png").is_file() and Path("edit.png").is_file()
     assert namespace["x0_again"].shape == namespace["x0"].shape
 
 
