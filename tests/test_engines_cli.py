@@ -236,3 +236,13 @@ def test_one_ort_inverter_serves_eight_threads(
         threaded = list(pool.map(run, requests))
     for together, alone in zip(threaded, map(run, requests), strict=True):
         assert torch.equal(together, alone)
+
+
+def test_cpu_sessions_do_not_spin(sd3_export: tuple[Path, str]) -> None:
+    """Two sessions alternate on CPU (denoiser, solver): idle threads must sleep, not spin on the cores."""
+    from fastinv.runtime.ort import OrtGraph
+
+    folder, _ = sd3_export
+    graph = OrtGraph(folder / "velocity.fp32.onnx", kind="velocity", precision="fp32")
+    options = graph.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
