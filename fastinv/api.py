@@ -305,7 +305,7 @@ class Inverter:
         `target_prompt` (guidance `guidance`), held to the source by RF-Inversion's controlled ODE
         (`sampling.SourceControl`: strength η, the first `stop` fraction of the steps). An Inversion
         is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration."""
-        SourceControl(torch.empty(0), strength, stop)  # one-line errors before any work
+        SourceControl.check(strength, stop)  # before any work
         if isinstance(image, Inversion):
             inversion = image
         else:

@@ -221,7 +221,6 @@ def edit(
     """Edit an image: invert it with the source prompt, regenerate with the target prompt, held to the
     source by RF-Inversion's controlled ODE; writes source, edit and side-by-side PNGs and a JSON record."""
     _quiet_libraries()
-    import torch
 
     from fastinv.api import load
     from fastinv.methods import parse_options
@@ -232,7 +231,7 @@ def edit(
         raise FastinvError(f"image not found: {image}")
     if steps < 1:
         raise FastinvError(f"--steps must be at least 1, got {steps}")
-    SourceControl(torch.empty(0), strength, stop)  # bad --strength / --stop: one line, before loading
+    SourceControl.check(strength, stop)  # before loading
     options = parse_options(method, set_ or [])
     with console.status(f"loading {model or 'the shipped default model'}"):
         inverter = load(

@@ -32,10 +32,15 @@ class SourceControl:
     stop: float = 0.25
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.strength <= 1.0:
-            raise FastinvError(f"edit strength must be in [0, 1], got {self.strength}")
-        if not 0.0 <= self.stop <= 1.0:
-            raise FastinvError(f"edit stop must be a fraction of the steps in [0, 1], got {self.stop}")
+        self.check(self.strength, self.stop)
+
+    @staticmethod
+    def check(strength: float, stop: float) -> None:
+        """One-line errors for a strength or a stop fraction outside [0, 1] (callers check before work)."""
+        if not 0.0 <= strength <= 1.0:
+            raise FastinvError(f"edit strength must be in [0, 1], got {strength}")
+        if not 0.0 <= stop <= 1.0:
+            raise FastinvError(f"edit stop must be a fraction of the steps in [0, 1], got {stop}")
 
     def steps(self, n: int) -> int:
         """How many of n sampling steps are controlled (0 when η = 0)."""

@@ -3,8 +3,6 @@ sampler, the CUDA-event Stopwatch (on a fake CUDA) and the one-line errors."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import cli
 from PIL import Image
 from skimage import data
 from test_solver import tiny_solver
@@ -22,20 +21,7 @@ from test_solver import tiny_solver
 from fastinv.bench import PeakMemory, aggregate, interpolate_log_time, memory, summarize
 from fastinv.bench.report import TIMING_ONLY_NOTE
 from fastinv.bench.summary import OUTSIDE
-from fastinv.cli import main
 from fastinv.methods.base import Stopwatch
-
-
-def cli(args: list[str]) -> tuple[int, str, str]:
-    """Run `fastinv ARGS`: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exit_info:
-            code = exit_info.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

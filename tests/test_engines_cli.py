@@ -7,8 +7,6 @@ against a fake tensorrt in test_export_trt.py).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import sys
@@ -21,27 +19,15 @@ from skimage import data
 
 pytest.importorskip("onnxruntime")
 
+from cli_runner import cli
 from fastinv.export import onnx as export_onnx
 from test_solver import tiny_solver
 
 import fastinv
-from fastinv.cli import main
 from fastinv.io import load_latents
 from fastinv.runtime.ort import OrtSolver, OrtVelocity
 
 FP32 = export_onnx.TOLERANCE["fp32"]
-
-
-def cli(args: list[str]) -> tuple[int, str, str]:
-    """Run `fastinv ARGS`: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exit_info:
-            code = exit_info.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def rel(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -90,8 +90,12 @@ class Stopwatch:
 
 
 def sigma_batch(sigma: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
-    """A scalar (σ as a float64 schedule entry, or a step weight) → [B] float32 on z's device."""
-    return torch.as_tensor(sigma).to(device=z.device, dtype=torch.float32).expand(z.shape[0])
+    """A scalar (σ as a float64 schedule entry, or a step weight) → [B] float32 on z's device.
+
+    Called every step: the host-to-device copy is non-blocking (safe from a host temporary), because a
+    blocking one synchronises the stream and the host could no longer queue the next step ahead."""
+    value = torch.as_tensor(sigma, dtype=torch.float32)
+    return value.to(device=z.device, non_blocking=True).expand(z.shape[0])
 
 
 def step_size(sigma: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
