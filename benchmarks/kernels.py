@@ -63,6 +63,11 @@ OPS = (
         "z, v, h, v_null, guidance 4.5 (sampling with CFG)",
         lambda z, v, h: ((z(), v(), h), {"v_null": v(), "guidance": 4.5}),
     ),
+    Op(
+        "fixed_point_update",
+        "z, v, h, v_null, guidance 4.5 (methods/warm_fixed_point.py with CFG)",
+        lambda z, v, h: ((z(), v(), h), {"v_null": v(), "guidance": 4.5}),
+    ),
     Op("deepinv_update", "z, ε̂, h (methods/deepinv.py)", lambda z, v, h: ((z(), v(), h), {})),
     Op(
         "easyinv_update",

@@ -5,6 +5,7 @@ The functions here dispatch: Triton for CUDA tensors when `triton` is installed,
 (CPU, or after `use_kernels("torch")`, the fast path's switch when torch.compile fuses the glue better).
 
     cfg_euler_update(z, v, h, *, v_null, guidance)                  z + h·(v_null + g·(v − v_null))
+    fixed_point_update(z, v, h, *, v_null, guidance) -> (z + h·f, f),  f = v_null + g·(v − v_null)
     deepinv_update(z, eps, h, *, eps_null, guidance, eps_pseudo, weights)   z + h·(λ1·ε̄ + λ2·ε*)
     easyinv_update(z, z_prev, v, h, eta) -> (z̃ + h·v, z̃),  z̃ = η·z + (1 − η)·z_prev
     renoise_update(z, v, h, average, weight) -> (z + h·v, average + w·(z + h·v))
@@ -65,6 +66,18 @@ def cfg_euler_update(
     return _implementation(z).cfg_euler_update(z, v, h, v_null=v_null, guidance=guidance)
 
 
+def fixed_point_update(
+    z: torch.Tensor,
+    v: torch.Tensor,
+    h: Coefficient,
+    *,
+    v_null: torch.Tensor | None = None,
+    guidance: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-point iterate with the CFG combine (see `reference.fixed_point_update`)."""
+    return _implementation(z).fixed_point_update(z, v, h, v_null=v_null, guidance=guidance)
+
+
 def deepinv_update(
     z: torch.Tensor,
     eps: torch.Tensor,
@@ -100,6 +113,7 @@ __all__ = [
     "cfg_euler_update",
     "deepinv_update",
     "easyinv_update",
+    "fixed_point_update",
     "renoise_update",
     "triton_available",
     "use_kernels",

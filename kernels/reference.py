@@ -44,6 +44,20 @@ def cfg_euler_update(
     return z.float() + per_sample(h, z) * guided(v, v_null, guidance)
 
 
+def fixed_point_update(
+    z: torch.Tensor,
+    v: torch.Tensor,
+    h: Coefficient,
+    *,
+    v_null: torch.Tensor | None = None,
+    guidance: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fixed-point iterate of the implicit step: f = v_null + g·(v − v_null) (v without v_null), returns
+    (z + h·f, f), both float32: the next point to evaluate (or the step's result) and the velocity kept."""
+    f = guided(v, v_null, guidance)
+    return z.float() + per_sample(h, z) * f, f
+
+
 def deepinv_update(
     z: torch.Tensor,
     eps: torch.Tensor,

@@ -71,6 +71,25 @@ def _cfg_euler_kernel(
 
 @triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit
+def _fixed_point_kernel(
+    z_ptr, v_ptr, null_ptr, h_ptr, out_ptr, f_ptr, h_value, guidance, n, per_sample, size1, size2, size3,
+    z0, z1, z2, z3, v0, v1, v2, v3, u0, u1, u2, u3,
+    HAS_NULL: tl.constexpr, H_PER_SAMPLE: tl.constexpr, CONTIGUOUS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < n
+    h = _coefficient(h_ptr, h_value, idx // per_sample, mask, H_PER_SAMPLE)
+    f = _load(v_ptr, idx, mask, size1, size2, size3, v0, v1, v2, v3, CONTIGUOUS)
+    if HAS_NULL:
+        v_null = _load(null_ptr, idx, mask, size1, size2, size3, u0, u1, u2, u3, CONTIGUOUS)
+        f = v_null + guidance * (f - v_null)
+    z = _load(z_ptr, idx, mask, size1, size2, size3, z0, z1, z2, z3, CONTIGUOUS)
+    tl.store(f_ptr + idx, f, mask=mask)
+    tl.store(out_ptr + idx, z + h * f, mask=mask)
+
+
+@triton.autotune(configs=_CONFIGS, key=_KEY)
+@triton.jit
 def _deepinv_kernel(
     z_ptr, eps_ptr, null_ptr, pseudo_ptr, h_ptr, out_ptr, h_value, guidance, lambda_fixed, lambda_pseudo,
     n, per_sample, size1, size2, size3,
@@ -218,6 +237,29 @@ def cfg_euler_update(
         H_PER_SAMPLE=h_tensor is not None,
     )
     return out
+
+
+def fixed_point_update(
+    z: torch.Tensor,
+    v: torch.Tensor,
+    h: Coefficient,
+    *,
+    v_null: torch.Tensor | None = None,
+    guidance: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton `reference.fixed_point_update`."""
+    h_tensor, h_value = _scalar_or_tensor(h, z.shape[0], z.device)
+    out, f = _launch(
+        _fixed_point_kernel,
+        z,
+        _pointers(z, z, v, v_null),
+        _pointers(z, h_tensor),
+        [h_value, float(guidance)],
+        2,
+        HAS_NULL=v_null is not None,
+        H_PER_SAMPLE=h_tensor is not None,
+    )
+    return out, f
 
 
 def deepinv_update(

@@ -61,6 +61,7 @@ EXPECTED_NFE = {
     "gnri": lambda n: 1 + 2 * n,
     "rf_solver": lambda n: 2 * n,
     "fireflow": lambda n: n + 1,
+    "warm_fixed_point": lambda n: n + 1,
     "deepinv": lambda n: n,
 }
 

@@ -107,6 +107,7 @@ def test_threads_give_the_sequential_results(inverter: fastinv.Inverter, photos:
         for t in range(8)
         for r in range(4)
     ]
+
     def run(request: tuple[np.ndarray, str, str]) -> torch.Tensor:
         photo, prompt, method = request
         inversion = fresh.invert(photo, prompt=prompt, method=method, steps=3)

@@ -128,6 +128,7 @@ def test_stand_in_freezes_python_values_like_a_cuda_graph(cpu_graphs: None) -> N
         ("euler", {"guidance": 2.5, "prompt": "a photo"}),
         ("easyinv", {"eta": 0.7, "window": [0.2, 0.8]}),
         ("renoise", {"iterations": 2, "average_last": 2}),
+        ("warm_fixed_point", {"corrections": 3, "guidance": 2.5, "prompt": "a photo"}),
         ("deepinv", {"blend": 0.1, "blend_window": [0.2, 0.6]}),
     ],
 )

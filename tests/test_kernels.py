@@ -39,6 +39,8 @@ Builder = Callable[[Factory, Factory, object, object], tuple[tuple, dict]]
 CASES: dict[str, Builder] = {
     "cfg_euler": lambda s, v, h, c: ((s(), v(), h), {}),
     "cfg_euler+cfg": lambda s, v, h, c: ((s(), v(), h), {"v_null": v(), "guidance": 4.5}),
+    "fixed_point": lambda s, v, h, c: ((s(), v(), h), {}),
+    "fixed_point+cfg": lambda s, v, h, c: ((s(), v(), h), {"v_null": v(), "guidance": 4.5}),
     "deepinv": lambda s, v, h, c: ((s(), v(), h), {}),
     "deepinv+cfg": lambda s, v, h, c: ((s(), v(), h), {"eps_null": v(), "guidance": 2.0}),
     "deepinv+pseudo": lambda s, v, h, c: ((s(), v(), h), {"eps_pseudo": v(), "weights": (0.9, 0.1)}),
@@ -50,8 +52,9 @@ CASES: dict[str, Builder] = {
     "easyinv": lambda s, v, h, c: ((s(), s(), v(), h, c), {}),
     "renoise": lambda s, v, h, c: ((s(), v(), h, s(), c), {}),
 }
-FULL_CASES = ("cfg_euler+cfg", "deepinv+cfg+pseudo", "easyinv", "renoise")  # every input of each op
-OPS = ("cfg_euler_update", "deepinv_update", "easyinv_update", "renoise_update")
+# every input of each op
+FULL_CASES = ("cfg_euler+cfg", "fixed_point+cfg", "deepinv+cfg+pseudo", "easyinv", "renoise")
+OPS = ("cfg_euler_update", "fixed_point_update", "deepinv_update", "easyinv_update", "renoise_update")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 COEFFICIENTS = ("float", "per-sample", "0-d")
 LAYOUTS = ("contiguous", "transposed", "permuted", "strided", "broadcast", "offset")
@@ -287,6 +290,17 @@ def test_cfg_euler_formula(impl: ModuleType) -> None:
     assert torch.equal(impl.cfg_euler_update(z, v, 0.0, v_null=v_null, guidance=3.0), z)
 
 
+def test_fixed_point_formula(impl: ModuleType) -> None:
+    z, v, v_null = seeded(2, 4, 6), seeded(2, 4, 6, seed=1, dtype=torch.bfloat16), seeded(2, 4, 6, seed=2)
+    h = torch.tensor([0.25, 0.5])
+    point, f = impl.fixed_point_update(z, v, h, v_null=v_null, guidance=3.0)
+    combined = v_null.double() + 3.0 * (v.double() - v_null.double())
+    torch.testing.assert_close(f, combined.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(point, (z.double() + h.double().view(2, 1, 1) * combined).float())
+    point, f = impl.fixed_point_update(z, v, 0.5)
+    assert torch.equal(f, v.float()) and torch.equal(point, z + 0.5 * v.float())
+
+
 def test_deepinv_formula(impl: ModuleType) -> None:
     z, eps, pseudo = seeded(3, 5), seeded(3, 5, seed=1, dtype=torch.bfloat16), seeded(3, 5, seed=2)
     assert torch.equal(impl.deepinv_update(z, eps, 0.3), z + 0.3 * eps.float())
@@ -383,14 +397,13 @@ def test_benchmark_cpu_smoke_run(tmp_path: Path) -> None:
     assert "timings meaningless" in record["note"] and record["device"] == "cpu"
     assert record["variants"] == ["eager", "triton"]
     rows = {(r["op"], r["size"], r["batch"], r["variant"]): r for r in record["rows"]}
-    assert len(rows) == len(record["rows"]) == 4 * 2 * 2 * 2
+    assert len(rows) == len(record["rows"]) == len(OPS) * 2 * 2 * 2
     assert {op for op, *_ in rows} == set(OPS)
     for row in rows.values():
         assert row["matches_reference"]
         for key in ("median_us", "p20_us", "p80_us", "gb_s"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
     assert math.isfinite(record["copy_gb_s"]) and record["copy_gb_s"] > 0
-
 
 
 @pytest.mark.parametrize(

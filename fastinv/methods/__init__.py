@@ -15,6 +15,7 @@ from fastinv.methods.gnri import invert_gnri
 from fastinv.methods.preciseinv import invert_preciseinv
 from fastinv.methods.renoise import invert_renoise
 from fastinv.methods.rf_solver import invert_fireflow, invert_rf_solver
+from fastinv.methods.warm_fixed_point import invert_warm_fixed_point
 
 METHODS: dict[str, InversionMethod] = {
     "euler": invert_euler,
@@ -24,6 +25,7 @@ METHODS: dict[str, InversionMethod] = {
     "preciseinv": invert_preciseinv,
     "rf_solver": invert_rf_solver,
     "fireflow": invert_fireflow,
+    "warm_fixed_point": invert_warm_fixed_point,
     "deepinv": invert_deepinv,
 }
 
