@@ -5,7 +5,9 @@ Velocity graphs (SD3, FLUX): latents [B, C, H, W], sigma [B] σ ∈ [0, 1], prom
 pooled_embeds [B, P] and, for guidance-distilled FLUX (dev), guidance [B] → velocity [B, C, H, W]. They
 are the adapters' `predict` (σ → timestep conversion, FLUX packing and ids inside); CFG batching stays in
 Python (`TransformerVelocity.__call__`), so every engine runs the same method code.
-Solver graph: v, z, x0 [B, C, H, W], text [B, L, D], sigma, sigma_next [B] σ, pooled [B, P] → eps.
+Solver graphs: paper design (family "deepinv"): v, z, x0 [B, C, H, W], text [B, L, D], sigma,
+sigma_next [B] σ, pooled [B, P] → eps; warm-start design (family "deepinv-warm"): v, z, x0, f_prev
+[B, C, H, W], sigma, sigma_next [B] σ → eps.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from fastinv.device import DTYPES
 from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel
 from fastinv.runtime.spec import Axis, Dims, GraphSpec, normalized_config
-from fastinv.solver.model import TorchSolver
-from fastinv.solver.network import DeepInvSolver
+from fastinv.solver.model import SolverNetwork, TorchSolver
 
 BATCH = Axis("batch")
 TEXT = Axis("text")
@@ -284,6 +285,37 @@ class SolverGraph(ExportGraph):
         return axes
 
 
+class WarmSolverGraph(ExportGraph):
+    """TorchSolver's call on a WarmStartSolver: ε̂ = WarmStartSolver(v, z, x0, f_prev, σ, σ_next), float32 IO
+    (the network builds its features and rescales its output in float32 itself)."""
+
+    kind, family, output, output_like = "solver", "deepinv-warm", "eps", "v"
+
+    def forward(
+        self,
+        v: torch.Tensor,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        f_prev: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.network(v, z, x0, f_prev, sigma, sigma_next).float()
+
+    def axes(self) -> dict[str, Dims]:
+        config = self.network.config
+        height, width = self._spatial(config.patch_size)
+        latent: Dims = [BATCH, config.in_channels, height, width]
+        return {
+            "v": latent,
+            "z": latent,
+            "x0": latent,
+            "f_prev": latent,
+            "sigma": [BATCH],
+            "sigma_next": [BATCH],
+        }
+
+
 def _dtype(precision: str) -> torch.dtype:
     if precision not in DTYPES:
         raise FastinvError(f"unknown precision {precision!r}: use {', '.join(DTYPES)}")
@@ -309,9 +341,10 @@ def velocity_graph(
 
 
 def solver_graph(
-    solver: DeepInvSolver | TorchSolver, precision: str = "fp32", size: tuple[int, int] | None = None
-) -> SolverGraph:
-    """The DeepInv solver graph in `precision`; size: latent (height, width) to fix, None: dynamic."""
+    solver: SolverNetwork | TorchSolver, precision: str = "fp32", size: tuple[int, int] | None = None
+) -> SolverGraph | WarmSolverGraph:
+    """The solver's graph (its design's) in `precision`; size: latent (height, width) to fix, or None."""
     network = solver.network if isinstance(solver, TorchSolver) else solver
     dtype = _dtype(precision)
-    return SolverGraph(_in_dtype(network, dtype), dtype, size)
+    graph_cls = WarmSolverGraph if network.warm_start else SolverGraph
+    return graph_cls(_in_dtype(network, dtype), dtype, size)

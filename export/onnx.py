@@ -26,8 +26,7 @@ from fastinv.models.base import FlowModel
 from fastinv.runtime.ort import OrtGraph
 from fastinv.runtime.spec import Axis, GraphSpec
 from fastinv.runtime.trt import TrtGraph
-from fastinv.solver.model import TorchSolver
-from fastinv.solver.network import DeepInvSolver
+from fastinv.solver.model import SolverNetwork, TorchSolver, solver_family
 
 from .graphs import ExportGraph, solver_graph, velocity_graph
 
@@ -58,7 +57,7 @@ def export_velocity(
 
 
 def export_solver(
-    solver: DeepInvSolver | TorchSolver,
+    solver: SolverNetwork | TorchSolver,
     path: str | Path,
     *,
     precision: str = "fp32",
@@ -66,9 +65,9 @@ def export_solver(
     opset: int | None = None,
     external_data: bool | None = None,
 ) -> Path:
-    """Write the DeepInv solver graph to `path` (.onnx); size: latent (height, width) to fix, or None."""
+    """Write the solver's graph to `path` (.onnx); size: latent (height, width) to fix, or None."""
     graph = solver_graph(solver, precision, size)
-    source = str(graph.network.config.get("_name_or_path", "DeepInvSolver"))
+    source = str(graph.network.config.get("_name_or_path", type(graph.network).__name__))
     return export_graph(graph, path, precision, source=source, opset=opset, external_data=external_data)
 
 
@@ -200,7 +199,7 @@ def random_inputs(spec: GraphSpec, sizes: dict[str, int], seed: int = 0) -> dict
 
 
 @torch.no_grad()
-def _torch_output(reference: FlowModel | DeepInvSolver, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def _torch_output(reference: FlowModel | SolverNetwork, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """What the torch model returns for the graph's inputs (the adapter's `predict`, or the solver)."""
     if isinstance(reference, FlowModel):
         velocity, dtype = reference.velocity, reference.velocity.dtype
@@ -218,6 +217,9 @@ def _torch_output(reference: FlowModel | DeepInvSolver, inputs: dict[str, torch.
             None if pooled is None else pooled.to(dtype),
             cond,
         ).float()
+    if reference.warm_start:
+        names = ("v", "z", "x0", "f_prev", "sigma", "sigma_next")
+        return reference(*(inputs[name] for name in names)).float()
     dtype, pooled = reference.dtype, inputs.get("pooled")
     return reference(
         inputs["v"],
@@ -259,7 +261,7 @@ class ParityReport:
 
 def check_parity(
     path: str | Path,
-    reference: FlowModel | DeepInvSolver | TorchSolver,
+    reference: FlowModel | SolverNetwork | TorchSolver,
     *,
     batch: int = 1,
     height: int | None = None,
@@ -283,7 +285,7 @@ def check_parity(
     if isinstance(torch_model, FlowModel):
         spec.expect_model(graph.path, torch_model.family, torch_model.velocity.network.config)
     else:
-        spec.expect_model(graph.path, "deepinv", torch_model.config)
+        spec.expect_model(graph.path, solver_family(torch_model.config), torch_model.config)
     asked = {"batch": batch, "height": height, "width": width, "text": text}
     sizes = dict(spec.example)
     for name, size in asked.items():

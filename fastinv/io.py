@@ -139,6 +139,31 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def publish_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder next to ``path``; the block fills it. On success the staging folder
+    replaces ``path`` (an existing folder is first renamed aside, then removed); if the block raises, the
+    staging folder is removed and ``path`` is left as it was. Readers see the old folder or the new one,
+    never a half-written one (a kill between the two renames leaves the old one under its aside name)."""
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    staging = target.with_name(f".{target.name}.{token}.tmp")
+    staging.mkdir()
+    try:
+        yield staging
+        aside = target.with_name(f".{target.name}.{token}.old")
+        if target.exists():
+            target.rename(aside)
+        staging.rename(target)
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def save_png(pixels: torch.Tensor, path: str | Path) -> Path:
     """Write [3,H,W] or [1,3,H,W] pixels in [-1,1] as an 8-bit RGB PNG, atomically."""
     return save_image(pixels_to_pil(pixels), path)

@@ -1,7 +1,8 @@
-"""The DeepInv solver network, its checkpoints, the deepinv method and pseudo-labels."""
+"""The DeepInv solver networks (paper and warm-start designs), checkpoints, presets, the deepinv method."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,7 @@ from fastinv.methods import invert_deepinv
 from fastinv.methods.base import sigma_batch, upward_steps
 from fastinv.sampling import sample_euler
 from fastinv.schedule import flow_sigmas
-from fastinv.solver import PRESETS, DeepInvSolver, TorchSolver, load_solver, preset
-from fastinv.solver.pseudo_labels import pseudo_labels
+from fastinv.solver import PRESETS, DeepInvSolver, TorchSolver, WarmStartSolver, load_solver, preset
 
 TINY = {
     "in_channels": SD3_LATENT_CHANNELS,
@@ -123,15 +123,21 @@ def test_load_solver_errors(tmp_path: Path) -> None:
 
 
 def test_presets() -> None:
-    assert set(PRESETS) == {"default-model", "sd3-medium-ref", "sd3-medium", "flux"}
-    ref = preset("sd3-medium-ref")
+    warm = {"default-model", "sd3-medium", "flux"}
+    assert set(PRESETS) == warm | {"default-model-paper", "sd3-medium-ref", "sd3-medium-paper", "flux-paper"}
+    assert {name for name, p in PRESETS.items() if p.network is WarmStartSolver} == warm
+    ref = preset("sd3-medium-ref").config
     assert ref["num_attention_heads"] * ref["attention_head_dim"] == 1536
     assert (ref["left_layers"], ref["right_layers"], ref["patch_size"]) == (5, 5, 2)
-    assert preset("flux")["pooled_dim"] == 768 and preset("flux", right_layers=4)["right_layers"] == 4
+    assert preset("flux-paper").config["pooled_dim"] == 768
+    assert preset("flux", layers=4).config["layers"] == 4
+    assert preset("default-model").config["patch_size"] == 4  # the shipped denoiser's patch
     with pytest.raises(FastinvError, match="unknown solver preset"):
         preset("sdxl")
     with pytest.raises(FastinvError, match="unknown solver setting"):
-        preset("flux", depth=3)
+        preset("flux", right_layers=3)
+    with pytest.raises(FastinvError, match="solver setting layers must be a positive integer"):
+        preset("flux", layers=0)
 
 
 class LinearField:
@@ -149,10 +155,12 @@ class LinearField:
 class OracleSolver:
     """Solves ε = v(z + h·ε, σ_next) exactly for the linear field: what a perfect solver would learn."""
 
+    warm_start = False
+
     def __init__(self, field: LinearField) -> None:
         self.field = field
 
-    def __call__(self, v, z, x0, sigma, sigma_next, cond):
+    def __call__(self, v, z, x0, sigma, sigma_next, cond, f_prev=None):
         h = (sigma_next - sigma).view(-1, 1, 1, 1)
         return (self.field.a * z + sigma_next.view(-1, 1, 1, 1) * self.field.b) / (1 - self.field.a * h)
 
@@ -176,9 +184,13 @@ def test_deepinv_update_rule_and_blend() -> None:
     """z_{k+1} = z_k + h·S(v(z_k, σ_next), ...) with the optional 0.9/0.1 blend inside its window."""
     field = LinearField(0.5, torch.randn(1, 2, 4, 4))
 
-    def solver(v, z, x0, sigma, sigma_next, cond):
-        return 1.1 * v + 0.1 * x0 + sigma.view(-1, 1, 1, 1)
+    class Solver:
+        warm_start = False
 
+        def __call__(self, v, z, x0, sigma, sigma_next, cond, f_prev=None):
+            return 1.1 * v + 0.1 * x0 + sigma.view(-1, 1, 1, 1)
+
+    solver = Solver()
     x0, sigmas = torch.randn(1, 2, 4, 4), flow_sigmas({"shift": 1.0}, 10)
     for blend in (0.0, 0.1):
         z, steps = x0.clone(), 10
@@ -224,34 +236,6 @@ def test_inverter_uses_the_folders_solver_and_checks_it(
         inv.invert(photo, method="deepinv", steps=2, solver=tmp_path / "wrong")
 
 
-def test_pseudo_labels_are_the_regeneration_noise() -> None:
-    """α = 1: labels are v(y_j, σ_j) along the regeneration; any α: the labels carry each y' back to y."""
-    field = LinearField(0.6, torch.randn(1, 2, 4, 4))
-    x0, sigmas = torch.randn(3, 2, 4, 4), flow_sigmas({"shift": 2.0}, 6)
-
-    def solver(v, z, x0, sigma, sigma_next, cond):
-        return v
-
-    res = invert_deepinv(field, x0, sigmas, COND, solver=solver)
-    labels = pseudo_labels(field, solver, x0, sigmas, COND, alpha=1.0)
-    y = res.z_T
-    for j in range(6):
-        v = field(y, sigma_batch(sigmas[j], y), COND)
-        torch.testing.assert_close(labels[:, 5 - j], v, rtol=1e-4, atol=1e-4)
-        y = y + float(sigmas[j + 1] - sigmas[j]) * v
-    blended = pseudo_labels(field, solver, x0, sigmas, COND, alpha=0.5)
-    trajectory = invert_deepinv(field, x0, sigmas, COND, solver=solver, keep_trajectory=True).trajectory
-    y = res.z_T
-    for j in range(6):
-        h = float(sigmas[j] - sigmas[j + 1])
-        lower = y - h * field(y, sigma_batch(sigmas[j], y), COND)
-        if j < 3:  # the interpolation augmentation, first half of the regeneration
-            lower = 0.5 * lower + 0.5 * trajectory[5 - j]
-        torch.testing.assert_close(blended[:, 5 - j], (y - lower) / h, rtol=1e-4, atol=1e-4)
-        y = lower
-    assert not torch.allclose(blended[:, 5], labels[:, 5])
-
-
 def test_deepinv_on_flux_latents(tiny_flux_dir: Path, photo: np.ndarray) -> None:
     """FLUX's adapter keeps latents [B, C, H, W] outside itself: patch 2 in the solver is FLUX's packing."""
     solver = DeepInvSolver(**(TINY | {"in_channels": FLUX_LATENT_CHANNELS, "pooled_dim": FLUX_CLIP_DIM}))
@@ -261,3 +245,115 @@ def test_deepinv_on_flux_latents(tiny_flux_dir: Path, photo: np.ndarray) -> None
     euler = inv.invert(photo, prompt="a dog", method="euler", steps=3)
     assert res.result.nfe == 3 and res.z_T.shape == euler.z_T.shape
     assert torch.isfinite(res.z_T).all() and not torch.allclose(res.z_T, euler.z_T)
+
+
+# --- the warm-start design --------------------------------------------------------------------------------
+
+WARM_TINY = {
+    "in_channels": SD3_LATENT_CHANNELS,
+    "patch_size": 2,
+    "num_attention_heads": 2,
+    "attention_head_dim": 8,
+    "layers": 2,
+    "sample_size": 8,
+}
+
+
+def tiny_warm_solver(seed: int = 0, trained: bool = True) -> WarmStartSolver:
+    torch.manual_seed(seed)
+    solver = WarmStartSolver(**WARM_TINY).eval()
+    if trained:
+        torch.nn.init.normal_(solver.proj_out.weight, std=0.05)
+    return solver
+
+
+def _warm_inputs(batch: int = 2, height: int = 8, width: int = 8) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(2)
+    v, z, x0, f_prev = (torch.randn(batch, SD3_LATENT_CHANNELS, height, width, generator=g) for _ in range(4))
+    return v, z, x0, f_prev, torch.full((batch,), 0.3), torch.full((batch,), 0.5)
+
+
+def test_untrained_warm_solver_returns_the_velocity() -> None:
+    v, *rest = _warm_inputs()
+    torch.testing.assert_close(tiny_warm_solver(trained=False)(v, *rest), v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (4, 12), (16, 6)])
+def test_warm_solver_works_at_any_resolution(height: int, width: int) -> None:
+    v, *rest = _warm_inputs(height=height, width=width)
+    out = tiny_warm_solver()(v, *rest)
+    assert out.shape == v.shape and torch.isfinite(out).all() and not torch.equal(out, v)
+
+
+def test_warm_solver_uses_every_input_and_is_per_sample() -> None:
+    solver, inputs = tiny_warm_solver(), _warm_inputs(batch=3)
+    reference = solver(*inputs)
+    for index in range(1, len(inputs)):
+        changed = list(inputs)
+        changed[index] = inputs[index] + 0.25
+        assert not torch.allclose(solver(*changed), reference), f"input {index} is ignored"
+    for b in range(3):
+        single = solver(*(t[b : b + 1] for t in inputs))
+        torch.testing.assert_close(reference[b : b + 1], single, rtol=1e-5, atol=1e-5)
+
+
+def test_warm_solver_checkpoint_and_loader(tmp_path: Path) -> None:
+    solver = tiny_warm_solver()
+    solver.save_pretrained(tmp_path / "solver")
+    loaded = load_solver(tmp_path / "solver")
+    assert loaded.warm_start and isinstance(loaded.network, WarmStartSolver)
+    v, z, x0, f_prev, sigma, sigma_next = _warm_inputs()
+    torch.testing.assert_close(loaded(v, z, x0, sigma, sigma_next, COND, f_prev), solver(*_warm_inputs()))
+    with pytest.raises(FastinvError, match="needs f_prev"):
+        loaded(v, z, x0, sigma, sigma_next, COND)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("patch_size", 0), ("layers", "2"), ("in_channels", True), ("attention_head_dim", 10**6)],
+)
+def test_solver_config_fields_are_validated(tmp_path: Path, key: str, value: object) -> None:
+    tiny_warm_solver().save_pretrained(tmp_path / "solver")
+    path = tmp_path / "solver" / "config.json"
+    config = json.loads(path.read_text()) | {key: value}
+    path.write_text(json.dumps(config))
+    with pytest.raises(FastinvError, match=f"{key} must be an integer in"):
+        load_solver(tmp_path / "solver")
+
+
+def test_deepinv_warm_start_steps() -> None:
+    """Warm start: v at z_k + h·ε̂_{k−1} (ε̂_{−1} = 0), the solver given ε̂_{k−1}; N NFE; by hand."""
+    field = LinearField(0.6, torch.randn(1, 2, 4, 4))
+    seen: list[torch.Tensor] = []
+
+    class Solver:
+        warm_start = True
+
+        def __call__(self, v, z, x0, sigma, sigma_next, cond, f_prev=None):
+            seen.append(f_prev.clone())
+            return 0.9 * v + 0.05 * f_prev + 0.01 * x0
+
+    x0, sigmas = torch.randn(2, 2, 4, 4), flow_sigmas({"shift": 2.0}, 6)
+    z, eps = x0.clone(), torch.zeros_like(x0)
+    for _, sigma, sigma_next in upward_steps(sigmas):
+        h = float(sigma_next - sigma)
+        v = field(z + h * eps, sigma_batch(sigma_next, z), COND)
+        eps = 0.9 * v + 0.05 * eps + 0.01 * x0
+        z = z + h * eps
+    res = invert_deepinv(field, x0, sigmas, COND, solver=Solver())
+    torch.testing.assert_close(res.z_T, z)
+    assert res.nfe == 6 and torch.equal(seen[0], torch.zeros_like(x0))
+
+
+def test_untrained_warm_solver_is_one_warm_correction_per_step() -> None:
+    """An untrained warm-start solver inverts as warm_fixed_point with one correction, except that the first
+    step stops at Euler's guess at the target σ (N NFE instead of N + 1)."""
+    field = LinearField(0.6, torch.zeros(1, SD3_LATENT_CHANNELS, 4, 4))
+    x0, sigmas = torch.randn(1, SD3_LATENT_CHANNELS, 4, 4), flow_sigmas({}, 5)
+    res = invert_deepinv(field, x0, sigmas, COND, solver=TorchSolver(tiny_warm_solver(trained=False)))
+    z, f = x0.clone(), None
+    for _, sigma, sigma_next in upward_steps(sigmas):
+        h, s_next = float(sigma_next - sigma), sigma_batch(sigma_next, z)
+        f = field(z, s_next, COND) if f is None else field(z + h * f, s_next, COND)
+        z = z + h * f
+    torch.testing.assert_close(res.z_T, z)

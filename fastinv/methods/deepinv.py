@@ -41,15 +41,17 @@ def invert_deepinv(
     blend: float = 0.0,
     blend_window: tuple[float, float] = (0.05, 0.4),
 ) -> InversionResult:
-    """One denoiser call and one solver call per step; no per-step iterations. 1 NFE/step.
+    """One denoiser call and one solver call per step; no per-step iterations. N NFE + N solver calls.
 
     Counting k = 0 … N−1 inversion steps from the clean end, with σ_cur < σ_next and h = σ_next − σ_cur:
-        v = v_θ(z_k, σ_next);  ε̂ = S(v, z_k, x0, c, σ_cur, σ_next);  z_{k+1} = z_k + h·ε̂,
+        paper design (solver.warm_start False):  v = v_θ(z_k, σ_next);  ε̂_k = S(v, z_k, x0, c, σ_cur, σ_next);
+        warm start (True):  v = v_θ(z_k + h·ε̂_{k−1}, σ_next);  ε̂_k = S(v, z_k, x0, ε̂_{k−1}, σ_cur, σ_next),
+                            with ε̂_{−1} = 0 (the first step starts from Euler's guess at σ_next);
+        z_{k+1} = z_k + h·ε̂_k,
     then, with blend b > 0 inside blend_window: z_{k+1} ← (1 − b)·z_{k+1} + b·z_k = z_k + (1 − b)·h·ε̂ (the
     reference's undocumented EasyInv-style 0.9/0.1 blend is REFERENCE_BLEND; off by default, measured in
-    the README).
-    The solver gets the prompt only: with CFG the denoiser call is one batched call of 2B, the solver's
-    is not doubled. `solver` is a SolverModel (Inverter supplies the model folder's trained solver).
+    the README). The velocity is the CFG-combined one (one batched call of 2B); the solver is not doubled.
+    `solver` is a SolverModel (Inverter supplies the model folder's trained solver).
     """
     if solver is None:
         raise FastinvError("deepinv needs a trained solver (fastinv train writes one): pass --solver DIR")
@@ -57,18 +59,28 @@ def invert_deepinv(
         raise FastinvError(f"deepinv blend must be in [0, 1), got {blend}")
     run = InversionRun(model, x0, callback, keep_trajectory)
     n, x0 = len(sigmas) - 1, x0.float()
+    warm = bool(solver.warm_start)
 
-    def deepinv_step(z: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        v = run.model(z, s_next, cond)
-        # the solver's corrected noise replaces v in the Euler step
-        return kernels.deepinv_update(z, solver(v, z, x0, s, s_next, cond), h)
+    def deepinv_step(
+        z: torch.Tensor,
+        eps: torch.Tensor,
+        s: torch.Tensor,
+        s_next: torch.Tensor,
+        h: torch.Tensor,
+        h_update: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        point = kernels.deepinv_update(z, eps, h) if warm else z  # z + h·ε̂_{k−1}: the warm start
+        v = run.model(point, s_next, cond)
+        eps = solver(v, z, x0, s, s_next, cond, eps)
+        # the solver's corrected noise replaces v in the Euler step (h_update = (1 − b)·h in a blend)
+        return kernels.deepinv_update(z, eps, h_update), eps
 
     step = run.graphed(deepinv_step)
-    z = x0
+    z, eps = x0, torch.zeros_like(x0)
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = step_size(sigma, sigma_next, z)
-        if blend > 0 and in_window(n - 1 - i, n, tuple(blend_window)):
-            h = (1 - blend) * h
-        z = step(z, sigma_batch(sigma, z), sigma_batch(sigma_next, z), h)
+        s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
+        blended = blend > 0 and in_window(n - 1 - i, n, tuple(blend_window))
+        z, eps = step(z, eps, s, s_next, h, (1 - blend) * h if blended else h)
         run.step(i, sigma, sigma_next, z)
     return run.result(z)

@@ -82,13 +82,15 @@ class GraphVelocity(TransformerVelocity):
 
 
 class GraphSolver:
-    """A SolverModel on an exported DeepInv solver graph, with TorchSolver's contract: float32 state in and
-    out, the prompt (never the null branch) broadcast to the batch."""
+    """A SolverModel on an exported solver graph, with TorchSolver's contract: float32 state in and out; for
+    the paper design the prompt (never the null branch) broadcast to the batch, for the warm-start design
+    f_prev."""
 
     engine = "graph"
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
+        self.warm_start = graph.spec.family == "deepinv-warm"
 
     @property
     def device(self) -> torch.device:
@@ -96,7 +98,7 @@ class GraphSolver:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The DeepInvSolver config the graph was exported from."""
+        """The solver network's config the graph was exported from."""
         return self.graph.spec.config
 
     def __call__(
@@ -107,19 +109,19 @@ class GraphSolver:
         sigma: torch.Tensor,
         sigma_next: torch.Tensor,
         cond: Conditioning,
+        f_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """v, z, x0: [B, C, H, W] float32; sigma < sigma_next: [B] σ; returns ε̂ [B, C, H, W] float32."""
-        batch = v.shape[0]
-        inputs = {
-            "v": v,
-            "z": z,
-            "x0": x0,
-            "text": cond.prompt_embeds.expand(batch, -1, -1),
-            "sigma": sigma,
-            "sigma_next": sigma_next,
-        }
-        if cond.pooled_embeds is not None:
-            inputs["pooled"] = cond.pooled_embeds.expand(batch, -1)
+        """v, z, x0, f_prev: [B, C, H, W] float32; sigma < sigma_next: [B] σ → ε̂ [B, C, H, W] float32."""
+        inputs = {"v": v, "z": z, "x0": x0, "sigma": sigma, "sigma_next": sigma_next}
+        if self.warm_start:
+            if f_prev is None:
+                raise FastinvError("a warm-start solver needs f_prev (the previous step's noise)")
+            inputs["f_prev"] = f_prev
+        else:
+            batch = v.shape[0]
+            inputs["text"] = cond.prompt_embeds.expand(batch, -1, -1)
+            if cond.pooled_embeds is not None:
+                inputs["pooled"] = cond.pooled_embeds.expand(batch, -1)
         eps = self.graph.run(inputs)
         if self.graph.spec.precision == "fp16" and not torch.isfinite(eps).all():  # a host sync: fp16 only
             raise FastinvError(

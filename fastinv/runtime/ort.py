@@ -19,6 +19,7 @@ from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel
 from fastinv.runtime.graph import GraphSolver, GraphVelocity
 from fastinv.runtime.spec import GraphSpec, read_spec
+from fastinv.solver.model import solver_family
 
 Provider = str | tuple[str, dict[str, Any]]
 
@@ -147,8 +148,8 @@ class OrtSolver(GraphSolver):
         device: torch.device | str = "cpu",
         providers: Sequence[Provider] | None = None,
     ) -> OrtSolver:
-        """The graph at `path`, checked against a solver `config` (DeepInvSolver.config) and `precision`."""
+        """The graph at `path`, checked against a solver network's `config` and `precision`."""
         graph = OrtGraph(path, "solver", precision=precision, device=device, providers=providers)
         if config is not None:
-            graph.spec.expect_model(graph.path, "deepinv", config)
+            graph.spec.expect_model(graph.path, solver_family(config), config)
         return cls(graph)

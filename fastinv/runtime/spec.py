@@ -51,7 +51,8 @@ def normalized_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class GraphSpec:
-    """kind: "velocity" | "solver"; family: "sd3" | "flux" | "deepinv"; precision: "fp32" | "bf16" | "fp16"
+    """kind: "velocity" | "solver"; family: "sd3" | "flux" | "deepinv" | "deepinv-warm"; precision: "fp32" |
+    "bf16" | "fp16"
     (the network's dtype inside the graph; inputs and output are float32); inputs: name → dims, in graph
     order; output: the output's name, shaped like input `output_like`; example: the axis sizes exported with.
     """

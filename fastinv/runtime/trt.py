@@ -24,6 +24,7 @@ from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel
 from fastinv.runtime.engine_cache import check_built_for, find_engine, read_facts
 from fastinv.runtime.graph import GraphSolver, GraphVelocity, graph_stem
+from fastinv.solver.model import solver_family
 
 MIN_VERSION = 10
 TRT_TO_TORCH = {
@@ -288,5 +289,5 @@ class TrtSolver(GraphSolver):
         engine = _engine_file(path, "solver", precision, device)
         graph = TrtGraph(engine, "solver", precision=precision, device=device, cuda_graph=cuda_graph)
         if config is not None:
-            graph.spec.expect_model(graph.path, "deepinv", config)
+            graph.spec.expect_model(graph.path, solver_family(config), config)
         return cls(graph)

@@ -27,7 +27,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastinv.models.loading import DEFAULT_MODEL
-from fastinv.solver.network import DeepInvSolver
 from fastinv.solver.presets import preset
 
 SD3_MEDIUM: dict[str, Any] = {
@@ -115,19 +114,22 @@ def flux_cost(config: dict[str, Any], latent: tuple[int, int, int], text_tokens:
     return Cost(flops, count_params(model))
 
 
-def solver_cost(kwargs: dict[str, Any], latent: tuple[int, int, int], text_tokens: int) -> Cost:
-    """One DeepInvSolver(**kwargs) forward: v, z, x0 of shape [1, *latent], text_tokens prompt tokens."""
+def solver_cost(name: str, latent: tuple[int, int, int], text_tokens: int) -> Cost:
+    """One forward of preset `name`'s network: its latent inputs [1, *latent], and for the paper design
+    text_tokens prompt tokens."""
+    chosen = preset(name)
+    config = chosen.config
     with torch.device("meta"):
-        model = DeepInvSolver(**kwargs)
-        pooled = None if kwargs["pooled_dim"] is None else torch.empty(1, kwargs["pooled_dim"])
-        flops = count_flops(
-            model,
-            *(torch.empty(1, *latent) for _ in range(3)),
-            torch.empty(1, text_tokens, kwargs["text_dim"]),
-            pooled,
-            torch.empty(1),
-            torch.empty(1),
-        )
+        model = chosen.network(**config)
+        latents = [torch.empty(1, *latent) for _ in range(4 if model.warm_start else 3)]
+        sigmas = (torch.empty(1), torch.empty(1))
+        if model.warm_start:
+            flops = count_flops(model, *latents, *sigmas)
+        else:
+            pooled = None if config["pooled_dim"] is None else torch.empty(1, config["pooled_dim"])
+            flops = count_flops(
+                model, *latents, torch.empty(1, text_tokens, config["text_dim"]), pooled, *sigmas
+            )
     return Cost(flops, count_params(model))
 
 
@@ -150,46 +152,40 @@ class Target:
     cost: Callable[[tuple[int, int, int], int], Cost]
 
 
+DEFAULT_MODEL_TARGET = Target(
+    "default model (pixel-space SD3)",
+    "64² native (pixels 3×64×64)",
+    (3, 64, 64),
+    16,
+    lambda latent, tokens: sd3_cost(_default_model_config(), latent, tokens),
+)
+SD3_MEDIUM_TARGET = Target(
+    "SD3-medium", "1024² (latent 16×128×128)", (16, 128, 128), SD3_TEXT_TOKENS, partial(sd3_cost, SD3_MEDIUM)
+)
+FLUX_DEV_TARGET = Target(
+    "FLUX.1-dev", "1024² (latent 16×128×128)", (16, 128, 128), FLUX_TEXT_TOKENS, partial(flux_cost, FLUX_DEV)
+)
 TARGETS: dict[str, Target] = {
-    "default-model": Target(
-        "default model (pixel-space SD3)",
-        "64² native (pixels 3×64×64)",
-        (3, 64, 64),
-        16,
-        lambda latent, tokens: sd3_cost(_default_model_config(), latent, tokens),
-    ),
-    "sd3-medium-ref": Target(
-        "SD3-medium",
-        "1024² (latent 16×128×128)",
-        (16, 128, 128),
-        SD3_TEXT_TOKENS,
-        partial(sd3_cost, SD3_MEDIUM),
-    ),
-    "sd3-medium": Target(
-        "SD3-medium",
-        "1024² (latent 16×128×128)",
-        (16, 128, 128),
-        SD3_TEXT_TOKENS,
-        partial(sd3_cost, SD3_MEDIUM),
-    ),
-    "flux": Target(
-        "FLUX.1-dev",
-        "1024² (latent 16×128×128)",
-        (16, 128, 128),
-        FLUX_TEXT_TOKENS,
-        partial(flux_cost, FLUX_DEV),
-    ),
+    "default-model": DEFAULT_MODEL_TARGET,
+    "default-model-paper": DEFAULT_MODEL_TARGET,
+    "sd3-medium": SD3_MEDIUM_TARGET,
+    "sd3-medium-ref": SD3_MEDIUM_TARGET,
+    "sd3-medium-paper": SD3_MEDIUM_TARGET,
+    "flux": FLUX_DEV_TARGET,
+    "flux-paper": FLUX_DEV_TARGET,
 }
+"""The denoiser each solver preset serves."""
 
 
 def compare(name: str) -> dict[str, Any]:
     """Solver preset `name` vs its denoiser (TARGETS[name]), one forward each: GFLOPs (1e9 FLOPs), their
     ratio solver/denoiser, and parameter counts."""
     target = TARGETS[name]
-    solver = solver_cost(preset(name), target.latent, target.text_tokens)
+    solver = solver_cost(name, target.latent, target.text_tokens)
     denoiser = target.cost(target.latent, target.text_tokens)
     return {
         "preset": name,
+        "design": "warm start" if preset(name).network.warm_start else "paper",
         "denoiser": target.denoiser,
         "resolution": target.resolution,
         "solver_gflops": solver.flops / 1e9,

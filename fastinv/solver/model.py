@@ -1,4 +1,9 @@
-"""The SolverModel protocol (what the deepinv method calls) and its torch backend; safe checkpoint loading."""
+"""The SolverModel protocol (what the deepinv method calls) and its torch backend; safe checkpoint loading.
+
+Two solver designs share the protocol: `DeepInvSolver` (the paper's: v at the current point, text as an
+input) and `WarmStartSolver` (fastinv's: v at the warm-started point z + h·f_prev, f_prev as an input).
+`warm_start` tells the method which point to evaluate the denoiser at.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,31 @@ import torch
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.solver.network import DeepInvSolver
+from fastinv.solver.warm_start import WarmStartSolver
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+SOLVER_CLASSES: dict[str, type[DeepInvSolver] | type[WarmStartSolver]] = {
+    "DeepInvSolver": DeepInvSolver,
+    "WarmStartSolver": WarmStartSolver,
+}
+"""The solver classes a config.json may name (nothing else is ever constructed from a folder)."""
+SolverNetwork = DeepInvSolver | WarmStartSolver
+
+
+def solver_family(config: Mapping[str, Any]) -> str:
+    """The graph family of an exported solver of this config: "deepinv-warm" (WarmStartSolver), "deepinv"."""
+    return "deepinv-warm" if config.get("_class_name") == WarmStartSolver.__name__ else "deepinv"
 
 
 @runtime_checkable
 class SolverModel(Protocol):
-    """ε̂ = S(v, z_cur, x0, c, σ_cur, σ_next): a torch module, ORT session or TensorRT engine behind it."""
+    """ε̂ = S(v, z_cur, x0, c, σ_cur, σ_next[, f_prev]): a torch module, ORT session or TensorRT engine.
+
+    warm_start: False — v is v_θ(z_cur, σ_next) and f_prev is ignored (the paper's design); True — v is
+    v_θ(z_cur + h·f_prev, σ_next), f_prev the previous step's ε̂ (zeros on the first step).
+    """
+
+    warm_start: bool
 
     def __call__(
         self,
@@ -28,18 +51,21 @@ class SolverModel(Protocol):
         sigma: torch.Tensor,
         sigma_next: torch.Tensor,
         cond: Conditioning,
+        f_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """v, z, x0: [B, C, H, W] float32; sigma < sigma_next: [B] float32 σ; returns ε̂ [B, C, H, W]."""
+        """v, z, x0, f_prev: [B, C, H, W] float32; sigma < sigma_next: [B] float32 σ → ε̂ [B, C, H, W]."""
         ...
 
 
 class TorchSolver:
-    """A DeepInvSolver on torch: float32 state in and out, the network in `dtype`; the prompt (never the
-    null branch: the solver corrects the velocity the method already combined) broadcast to the batch."""
+    """A solver network on torch: float32 state in and out, the network in `dtype`; for DeepInvSolver the
+    prompt (never the null branch: the solver corrects the velocity the method already combined) broadcast
+    to the batch."""
 
-    def __init__(self, network: DeepInvSolver, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, network: SolverNetwork, dtype: torch.dtype = torch.float32) -> None:
         self.network = network
         self.dtype = dtype
+        self.warm_start = bool(network.warm_start)
 
     @property
     def device(self) -> torch.device:
@@ -57,13 +83,19 @@ class TorchSolver:
         sigma: torch.Tensor,
         sigma_next: torch.Tensor,
         cond: Conditioning,
+        f_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch = v.shape[0]
-        text = cond.prompt_embeds.to(self.device, self.dtype).expand(batch, -1, -1)
-        pooled = cond.pooled_embeds
-        if pooled is not None:
-            pooled = pooled.to(self.device, self.dtype).expand(batch, -1)
-        eps = self.network(v, z, x0, text, pooled, sigma, sigma_next).float()
+        if self.warm_start:
+            if f_prev is None:
+                raise FastinvError("a warm-start solver needs f_prev (the previous step's noise)")
+            eps = self.network(v, z, x0, f_prev, sigma, sigma_next).float()
+        else:
+            batch = v.shape[0]
+            text = cond.prompt_embeds.to(self.device, self.dtype).expand(batch, -1, -1)
+            pooled = cond.pooled_embeds
+            if pooled is not None:
+                pooled = pooled.to(self.device, self.dtype).expand(batch, -1)
+            eps = self.network(v, z, x0, text, pooled, sigma, sigma_next).float()
         if self.dtype == torch.float16 and not torch.isfinite(eps).all():  # a host sync: fp16 only
             raise FastinvError(
                 f"non-finite solver output in fp16 at σ={sigma[0].item():.4f}: use bf16 or fp32"
@@ -71,18 +103,44 @@ class TorchSolver:
         return eps
 
 
+CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 1024),
+    "patch_size": (1, 64),
+    "num_attention_heads": (1, 256),
+    "attention_head_dim": (1, 1024),
+    "left_layers": (1, 64),
+    "right_layers": (1, 64),
+    "layers": (1, 64),
+    "text_dim": (1, 1 << 16),
+    "pooled_dim": (1, 1 << 16),
+    "sample_size": (1, 1 << 14),
+}
+"""Allowed ranges of the integer fields of a solver config.json (an untrusted file)."""
+
+
 def read_solver_config(path: str | Path) -> dict[str, Any]:
-    """The config.json of a solver folder; one-line errors for a missing folder or another model's config."""
+    """The config.json of a solver folder, validated: a known class (SOLVER_CLASSES), integer fields in
+    CONFIG_LIMITS; one-line errors for a missing folder, another model's config or a bad value."""
     folder = Path(path)
     if not folder.is_dir():
         raise FastinvError(f"solver folder not found: {folder}")
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FastinvError(f"cannot read solver config {config_path}: {err}") from err
-    if config.get("_class_name") != DeepInvSolver.__name__:
-        raise FastinvError(f"{config_path} is not a DeepInv solver (class {config.get('_class_name')!r})")
+    if not isinstance(config, dict) or config.get("_class_name") not in SOLVER_CLASSES:
+        name = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        known = ", ".join(SOLVER_CLASSES)
+        raise FastinvError(f"{config_path} is not a DeepInv solver (class {name!r}; known: {known})")
+    for key, (lo, hi) in CONFIG_LIMITS.items():
+        value = config.get(key)
+        if value is None and key == "pooled_dim":
+            continue
+        if key not in config:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise FastinvError(f"{config_path}: {key} must be an integer in [{lo}, {hi}], got {value!r}")
     return config
 
 
@@ -94,21 +152,29 @@ def load_solver(
     Only safetensors are read: a folder holding pickled weights alone is refused.
     """
     folder = Path(path)
-    read_solver_config(folder)
+    config = read_solver_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise FastinvError(f"no {WEIGHTS} in solver folder {folder} (only safetensors weights are loaded)")
-    network = DeepInvSolver.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
-    network = network.to(device).eval()
+    network_class = SOLVER_CLASSES[config["_class_name"]]
+    try:
+        network = network_class.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError, TypeError) as err:
+        raise FastinvError(f"cannot load the solver in {folder}: {str(err).splitlines()[0]}") from err
+    network = network.to(device=device, dtype=dtype).eval()
     network.requires_grad_(False)
     return TorchSolver(network, dtype)
 
 
 def check_solver_fits(config: Mapping[str, Any], channels: int, cond: Conditioning) -> None:
-    """One-line error when a solver (its DeepInvSolver config: a TorchSolver's, or the one an exported
-    graph records) was built for another model: latent channels or text widths differ."""
+    """One-line error when a solver (its network config: a TorchSolver's, or the one an exported graph
+    records) was built for another model: latent channels or (paper design) text widths differ."""
     problems = []
     if config["in_channels"] != channels:
         problems.append(f"latent channels {config['in_channels']} vs the model's {channels}")
+    if config.get("_class_name") == "WarmStartSolver" or "text_dim" not in config:
+        if problems:
+            raise FastinvError(f"the solver does not fit this model: {'; '.join(problems)}")
+        return
     if config["text_dim"] != cond.prompt_embeds.shape[-1]:
         problems.append(f"text width {config['text_dim']} vs {cond.prompt_embeds.shape[-1]}")
     pooled = None if cond.pooled_embeds is None else cond.pooled_embeds.shape[-1]

@@ -50,6 +50,7 @@ class DeepInvSolver(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    warm_start = False
 
     @register_to_config
     def __init__(

@@ -1,73 +1,91 @@
-"""Named solver sizes. Each maps to DeepInvSolver keyword arguments (see benchmarks/solver_flops.py for cost).
+"""Named solvers: a design (the network class) and its size; benchmarks/solver_flops.py counts their cost.
 
-- "default-model": the shipped pixel-space model (RGB, MiniLM text 384-d); patch 8 (64 tokens at 64²)
-  keeps its cost near 15 % of the denoiser's on CPU.
+Warm-start design (`WarmStartSolver`, fastinv's; inputs v at the warm-started point, f_prev, z, x0):
+- "default-model": the shipped pixel-space model (RGB); patch 4 as the denoiser, width 128, 2 blocks.
+- "sd3-medium", "flux": SD3-medium / FLUX.1 latents (16 channels; patch 2 on [B, 16, H, W] is FLUX's 2×2
+  packing), width 512, 2 blocks.
+Paper design (`DeepInvSolver`; inputs v at the current point, z, x0, text):
+- "default-model-paper": the solver shipped before the warm-start design (patch 8, 1 left + 2 right blocks).
 - "sd3-medium-ref": the reference size for SD3-medium (5 + 5 blocks, width 1536 = 24 × 64, patch 2).
-- "sd3-medium": a lean SD3-medium solver (1 left + 3 right blocks, width 768) costing ≤ 25 % of a forward.
-- "flux": FLUX.1 latents (16 channels; patch 2 on [B, 16, H, W] is FLUX's 2×2 packing), T5 text 4096-d,
-  CLIP pooled 768-d. There is no reference FLUX solver: this one follows the SD3 design and the paper's
-  finding that depth belongs in the right (content) branch.
+- "sd3-medium-paper": a lean SD3-medium solver of the paper's design (1 left + 3 right blocks, width 768).
+- "flux-paper": the paper's design for FLUX (T5 text 4096-d, CLIP pooled 768-d); there is no reference FLUX
+  solver: depth goes to the right (content) branch, as the paper found for SD3.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastinv.errors import FastinvError
+from fastinv.solver.network import DeepInvSolver
+from fastinv.solver.warm_start import WarmStartSolver
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "default-model": {
-        "in_channels": 3,
-        "patch_size": 8,
-        "num_attention_heads": 2,
+
+@dataclass(frozen=True)
+class Preset:
+    """network: the solver class; config: its keyword arguments."""
+
+    network: type[DeepInvSolver] | type[WarmStartSolver]
+    config: dict[str, Any]
+
+
+def _warm(channels: int, patch: int, heads: int, layers: int, sample: int) -> Preset:
+    config = {
+        "in_channels": channels,
+        "patch_size": patch,
+        "num_attention_heads": heads,
         "attention_head_dim": 64,
-        "left_layers": 1,
-        "right_layers": 2,
-        "text_dim": 384,
-        "pooled_dim": 384,
-        "sample_size": 64,
-    },
-    "sd3-medium-ref": {
-        "in_channels": 16,
-        "patch_size": 2,
-        "num_attention_heads": 24,
+        "layers": layers,
+        "sample_size": sample,
+    }
+    return Preset(WarmStartSolver, config)
+
+
+def _paper(channels: int, patch: int, heads: int, left: int, right: int, text: tuple, sample: int) -> Preset:
+    config = {
+        "in_channels": channels,
+        "patch_size": patch,
+        "num_attention_heads": heads,
         "attention_head_dim": 64,
-        "left_layers": 5,
-        "right_layers": 5,
-        "text_dim": 4096,
-        "pooled_dim": 2048,
-        "sample_size": 128,
-    },
-    "sd3-medium": {
-        "in_channels": 16,
-        "patch_size": 2,
-        "num_attention_heads": 12,
-        "attention_head_dim": 64,
-        "left_layers": 1,
-        "right_layers": 3,
-        "text_dim": 4096,
-        "pooled_dim": 2048,
-        "sample_size": 128,
-    },
-    "flux": {
-        "in_channels": 16,
-        "patch_size": 2,
-        "num_attention_heads": 16,
-        "attention_head_dim": 64,
-        "left_layers": 1,
-        "right_layers": 3,
-        "text_dim": 4096,
-        "pooled_dim": 768,
-        "sample_size": 128,
-    },
+        "left_layers": left,
+        "right_layers": right,
+        "text_dim": text[0],
+        "pooled_dim": text[1],
+        "sample_size": sample,
+    }
+    return Preset(DeepInvSolver, config)
+
+
+PRESETS: dict[str, Preset] = {
+    "default-model": _warm(3, 4, 2, 2, 64),
+    "sd3-medium": _warm(16, 2, 8, 2, 128),
+    "flux": _warm(16, 2, 8, 2, 128),
+    "default-model-paper": _paper(3, 8, 2, 1, 2, (384, 384), 64),
+    "sd3-medium-ref": _paper(16, 2, 24, 5, 5, (4096, 2048), 128),
+    "sd3-medium-paper": _paper(16, 2, 12, 1, 3, (4096, 2048), 128),
+    "flux-paper": _paper(16, 2, 16, 1, 3, (4096, 768), 128),
 }
 
 
-def preset(name: str, **overrides: Any) -> dict[str, Any]:
-    """The keyword arguments of preset `name`, with `overrides` applied."""
+def preset(name: str, **overrides: Any) -> Preset:
+    """Preset `name` with `overrides` applied to its config; one-line errors for unknown names or keys."""
     if name not in PRESETS:
         raise FastinvError(f"unknown solver preset {name!r} (available: {', '.join(PRESETS)})")
-    unknown = set(overrides) - set(PRESETS[name])
+    chosen = PRESETS[name]
+    unknown = set(overrides) - set(chosen.config)
     if unknown:
-        raise FastinvError(f"unknown solver setting(s) {', '.join(sorted(unknown))}")
-    return PRESETS[name] | overrides
+        allowed = ", ".join(chosen.config)
+        raise FastinvError(
+            f"unknown solver setting(s) {', '.join(sorted(unknown))} (preset {name!r}: {allowed})"
+        )
+    for key, value in overrides.items():
+        if key != "pooled_dim" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise FastinvError(f"solver setting {key} must be a positive integer, got {value!r}")
+    return Preset(chosen.network, chosen.config | overrides)
+
+
+def build_solver(name: str, **overrides: Any) -> DeepInvSolver | WarmStartSolver:
+    """A fresh (untrained) network of preset `name`."""
+    chosen = preset(name, **overrides)
+    return chosen.network(**chosen.config)

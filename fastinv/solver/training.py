@@ -1,28 +1,31 @@
-"""Self-supervised DeepInv training (`fastinv train`): the fixed-point loss, pseudo-labels, the T curriculum.
+"""Self-supervised DeepInv training (`fastinv train`): the solver learns each step's exact fixed point.
 
-Per inversion step (σ_cur → σ_next, h = σ_next − σ_cur) of a batch rolled out with the current solver:
-    v = v_θ(z, σ_next);  ε̂ = S(v, z, x0, c, σ_cur, σ_next);
-    ε̄ = sg[e_K] with e_0 = ε̂, e_{j+1} = v_θ(z + h·e_j, σ_next)     (K = inner_iterations, denoiser no grad)
-    target = ε̄ in round 0 or without pseudo-labels; λ1·ε̄ + λ2·ε* in later rounds, where ε* comes from
-             `pseudo_labels` with the previous round's solver; from round `pure_pseudo_from_round` on, the
-             first half of the inversion steps (k < T/2, the clean end) uses ε* alone;
-    loss = ‖ε̂ − target‖² (mean); one AdamW step; z ← z + h·ε̂ (plus the method's optional blend).
-A round runs the curriculum, e.g. T = 1, 5, 10, 25, 50 with fewer epochs as T grows.
+A run is `rounds` rounds of two phases (DAgger-style: collect where the current solver goes, then fit):
+1. Collect (`steps.collect_steps`): every crop is inverted with the current solver at each T of `steps`
+   (e.g. 4, 6, 10, 25, 50); each step keeps the solver's inputs and the target f*, the step's fixed point
+   f* = v_θ(z + h·f*, σ_next) solved to `tolerance` (relative residual) by Anderson acceleration, at most
+   `max_evaluations` denoiser calls; the residual reached is logged per T and step. Round 0 runs the
+   untrained solver (for the warm-start design: `warm_fixed_point`'s trajectories); each round adds its
+   steps to those of the earlier rounds.
+2. Fit: `epochs` passes over all collected steps in shuffled minibatches of `fit_batch`; AdamW with
+   `warmup` linear steps, then a cosine decay to lr/10 within each round. Loss per step:
+       warm-start design: ‖ε̂ − f*‖² / ‖v − f_prev‖²  (the correction in units of the step's own Δ, so T = 4
+                          and T = 50 weigh alike);
+       paper design:      ‖ε̂ − f*‖² (the paper's fixed-point loss, with converged targets).
+   The denoiser never runs during the fit: targets are computed once, in the collect phase.
 
-Distributed: under `torchrun` (WORLD_SIZE > 1) each rank trains on its shard of the crops, DDP averages
-gradients (gloo on CPU, nccl on CUDA) and rank 0 writes. Checkpoints after every epoch hold the solver,
-the previous round's solver (the pseudo-label source), the optimiser, the crop generator and the position,
-so `--resume` continues exactly where a run stopped.
+Distributed: under `torchrun` (WORLD_SIZE > 1) each rank collects and fits its shard of the crops, DDP
+averages gradients (gloo on CPU, nccl on CUDA), rank 0 writes the checkpoints and the solver.
+Checkpoints (`checkpoints`): one before round 0 and one after every epoch; collected steps are kept per
+part, so `--resume` continues exactly where a run stopped, collection included.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,32 +33,28 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
-from fastinv.kernels import deepinv_update
-from fastinv.methods.base import sigma_batch, step_size, upward_steps
-from fastinv.methods.deepinv import in_window
+from fastinv.io import atomic_write, publish_folder, save_json
 from fastinv.models.base import FlowModel
+from fastinv.solver import checkpoints
 from fastinv.solver.data import encode, fixed_crops, source_images
 from fastinv.solver.model import TorchSolver, check_solver_fits
-from fastinv.solver.network import DeepInvSolver
 from fastinv.solver.presets import preset
-from fastinv.solver.pseudo_labels import pseudo_labels
+from fastinv.solver.steps import Steps, collect_steps
 
 DEFAULT_RECIPE = Path(__file__).with_name("default_solver.json")
 """The recipe of the solver shipped with the default model."""
-CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True)
 class SolverTrainConfig:
-    """One training run. `curriculum` is [[T, epochs], ...]; `size` the crop side in pixels (None: the
-    model's fixed resolution); `solver` overrides the preset's DeepInvSolver arguments."""
+    """One training run. `size`: the crop side in pixels (None: the model's fixed resolution); `solver`
+    overrides the preset's network arguments; `steps`: the schedule lengths T collected every round."""
 
     seed: int
     preset: str
@@ -64,20 +63,18 @@ class SolverTrainConfig:
     crops_per_image: int
     crop_scale: tuple[float, float]
     prompt: str
-    batch_size: int
+    steps: tuple[int, ...]
     rounds: int
-    curriculum: tuple[tuple[int, int], ...]
-    inner_iterations: int
-    pseudo_labels: bool
-    lambda_fixed: float
-    lambda_pseudo: float
-    interpolation_alpha: float
-    pure_pseudo_from_round: int
-    blend: float
-    blend_window: tuple[float, float]
+    epochs: int
+    batch_size: int
+    fit_batch: int
+    tolerance: float
+    max_evaluations: int
+    anderson_memory: int
     lr: float
     weight_decay: float
     grad_clip: float
+    warmup: int
     log_every: int
 
     @classmethod
@@ -88,9 +85,10 @@ class SolverTrainConfig:
             problem = f"unknown {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"
             raise FastinvError(f"solver training config: {problem}")
         values = dict(values)
-        values["crop_scale"] = tuple(values["crop_scale"])
-        values["blend_window"] = tuple(values["blend_window"])
-        values["curriculum"] = tuple((int(t), int(e)) for t, e in values["curriculum"])
+        for key in ("crop_scale", "steps"):
+            if not isinstance(values[key], list | tuple):
+                raise FastinvError(f"training option {key} must be a list, got {values[key]!r}")
+            values[key] = tuple(values[key])
         config = cls(**values)
         config.validate()
         return config
@@ -99,41 +97,84 @@ class SolverTrainConfig:
     def read(cls, path: Path, overrides: dict[str, Any] | None = None) -> SolverTrainConfig:
         try:
             values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise FastinvError(f"cannot read training config {path}: {err}") from err
+        if not isinstance(values, dict):
+            raise FastinvError(f"training config {path} must be a JSON object")
         return cls.from_dict(values | (overrides or {}))
 
     def validate(self) -> None:
-        if self.inner_iterations < 1:
-            raise FastinvError("inner_iterations must be >= 1 (with 0 the fixed-point target is ε̂ itself)")
-        if not self.curriculum or any(t < 1 or e < 1 for t, e in self.curriculum):
-            raise FastinvError(f"curriculum must be [[T >= 1, epochs >= 1], ...], got {self.curriculum}")
-        if self.rounds < 1 or self.batch_size < 1 or self.crops_per_image < 1:
-            raise FastinvError("rounds, batch_size and crops_per_image must be >= 1")
+        """One-line errors naming the option and what is allowed."""
 
-    def steps_per_round(self, crops: int) -> int:
-        """Optimiser steps in one round when a rank holds `crops` crops."""
-        return sum(t * e * math.ceil(crops / self.batch_size) for t, e in self.curriculum)
+        def integer(name: str, lo: int, hi: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise FastinvError(
+                    f"training option {name} must be an integer in [{lo}, {hi}], got {value!r}"
+                )
+
+        def number(name: str, lo: float, hi: float, *, open_low: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value > hi or value < lo or (open_low and value == lo):
+                bound = "(" if open_low else "["
+                raise FastinvError(
+                    f"training option {name} must be a number in {bound}{lo}, {hi}], got {value!r}"
+                )
+
+        for name, lo, hi in (
+            ("seed", 0, 2**63 - 1),
+            ("crops_per_image", 1, 10_000),
+            ("rounds", 1, 100),
+            ("epochs", 1, 10_000),
+            ("batch_size", 1, 4096),
+            ("fit_batch", 1, 65_536),
+            ("max_evaluations", 1, 10_000),
+            ("anderson_memory", 1, 100),
+            ("warmup", 0, 10**9),
+            ("log_every", 1, 10**9),
+        ):
+            integer(name, lo, hi)
+        number("tolerance", 0.0, 1.0, open_low=True)
+        number("lr", 0.0, 1.0, open_low=True)
+        number("weight_decay", 0.0, 1.0)
+        number("grad_clip", 0.0, 1e6, open_low=True)
+        if self.size is not None:
+            integer("size", 1, 1 << 14)
+        if not isinstance(self.preset, str) or not isinstance(self.prompt, str):
+            raise FastinvError("training options preset and prompt must be strings")
+        if not isinstance(self.solver, dict):
+            raise FastinvError(
+                f"training option solver must be an object of network settings, got {self.solver!r}"
+            )
+        if not self.steps or any(
+            isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1000 for t in self.steps
+        ):
+            raise FastinvError(
+                f"training option steps must be a list of integers in [1, 1000], got {list(self.steps)}"
+            )
+        scale = self.crop_scale
+        if (
+            len(scale) != 2
+            or not all(isinstance(s, int | float) and math.isfinite(s) for s in scale)
+            or not 1 <= scale[0] <= scale[1]
+        ):
+            raise FastinvError(
+                f"training option crop_scale must be [lo, hi] with 1 <= lo <= hi, got {list(scale)}"
+            )
 
 
 @dataclass
 class Position:
-    """The next epoch to run: round, index into the curriculum, epoch within that stage."""
+    """Where the run is: the round; whether its steps are collected; the next epoch; optimiser steps so far
+    (in all, and when this round's fit began); the number of the last checkpoint."""
 
     round: int = 0
-    stage: int = 0
+    collected: bool = False
     epoch: int = 0
     step: int = 0
-
-    def advance(self, config: SolverTrainConfig) -> None:
-        self.epoch += 1
-        if self.epoch >= config.curriculum[self.stage][1]:
-            self.stage, self.epoch = self.stage + 1, 0
-        if self.stage >= len(config.curriculum):
-            self.round, self.stage = self.round + 1, 0
-
-    def done(self, config: SolverTrainConfig) -> bool:
-        return self.round >= config.rounds
+    round_start: int = 0
+    checkpoint: int = 0
 
 
 def _world() -> tuple[int, int]:
@@ -146,76 +187,36 @@ def _world() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _save_checkpoint(
-    out: Path,
-    solver: DeepInvSolver,
-    label_solver: DeepInvSolver | None,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    position: Position,
-) -> None:
-    """out/checkpoint/: solver/, label_solver/ (if any), trainer.pt, position.json; via a temp folder."""
-    tmp = out / f".{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    solver.save_pretrained(tmp / "solver")
-    if label_solver is not None:
-        label_solver.save_pretrained(tmp / "label_solver")
-    state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-    torch.save(state, tmp / "trainer.pt")
-    (tmp / "position.json").write_text(json.dumps(asdict(position)) + "\n")
-    old = out / f".{CHECKPOINT}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (out / CHECKPOINT).exists():
-        (out / CHECKPOINT).rename(old)
-    tmp.rename(out / CHECKPOINT)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(
-    out: Path, solver: DeepInvSolver, optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> tuple[Position, DeepInvSolver | None]:
-    folder = out / CHECKPOINT
-    solver.load_state_dict(
-        DeepInvSolver.from_pretrained(folder / "solver", use_safetensors=True).state_dict()
-    )
-    label_solver = None
-    if (folder / "label_solver").is_dir():
-        label_solver = DeepInvSolver.from_pretrained(folder / "label_solver", use_safetensors=True)
-    state = torch.load(folder / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    return Position(**json.loads((folder / "position.json").read_text())), label_solver
-
-
 def plot_loss(rows: list[dict[str, Any]], path: Path) -> None:
-    """Loss vs optimiser step, one colour per curriculum T, log scale."""
+    """Loss vs optimiser step, one colour per round, log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    for steps in sorted({r["T"] for r in rows}):
-        picked = [r for r in rows if r["T"] == steps]
-        ax.scatter([r["step"] for r in picked], [r["loss"] for r in picked], s=6, label=f"T = {steps}")
+    for round_ in sorted({r["round"] for r in rows}):
+        picked = [r for r in rows if r["round"] == round_]
+        ax.plot([r["step"] for r in picked], [r["loss"] for r in picked], lw=1, label=f"round {round_}")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("‖ε̂ − target‖² (mean over log interval)")
+    ax.set_ylabel("fit loss (mean over log interval)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
+LOG_COLUMNS = ("step", "round", "epoch", "loss", "seconds")
+
+
 def _write_log(out: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = out / ".loss.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "round", "T", "epoch", "loss", "seconds"])
+    with atomic_write(out / "loss.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out / "loss.csv")
-    plot_loss(rows, out / "loss.png")
 
 
 def _read_log(out: Path, upto_step: int) -> list[dict[str, Any]]:
@@ -228,6 +229,27 @@ def _read_log(out: Path, upto_step: int) -> list[dict[str, Any]]:
             for row in csv.DictReader(f)
         ]
     return [r for r in rows if r["step"] <= upto_step]
+
+
+def target_report(steps: Steps, tolerance: float) -> list[dict[str, Any]]:
+    """Per schedule length T and step k: the fixed-point residuals reached (median, max), the share of
+    targets below `tolerance`, and the mean denoiser calls per solve."""
+    rows = []
+    for t in sorted(set(steps.steps.tolist())):
+        for k in range(t):
+            picked = (steps.steps == t) & (steps.k == k)
+            residual = steps.residual[picked]
+            rows.append(
+                {
+                    "T": t,
+                    "k": k,
+                    "median_residual": float(residual.median()),
+                    "max_residual": float(residual.max()),
+                    "converged": float((residual < tolerance).float().mean()),
+                    "mean_evaluations": float(steps.evaluations[picked].float().mean()),
+                }
+            )
+    return rows
 
 
 class SolverTrainer:
@@ -249,148 +271,186 @@ class SolverTrainer:
                 else f"{model.name} has no fixed resolution: set the crop size, e.g. --set size=512 ({need})"
             )
         self.cond: Conditioning = model.conditioning(config.prompt)
-        settings = preset(config.preset, **config.solver)
+        chosen = preset(config.preset, **config.solver)
         try:
-            check_solver_fits(settings, model.codec.channels, self.cond)
+            check_solver_fits(chosen.config, model.codec.channels, self.cond)
         except FastinvError as err:
             raise FastinvError(
                 f"{err} (preset {config.preset!r}: choose another with --set preset=...)"
             ) from None
+        found = checkpoints.latest(out)
+        if found is not None and not resume:
+            raise FastinvError(f"{out} already holds a checkpoint: pass --resume, or choose another --out")
+        if found is None and resume:
+            raise FastinvError(f"--resume: no complete checkpoint in {out / checkpoints.FOLDER}")
         pixels = fixed_crops(
             source_images(images), size, config.crops_per_image, config.crop_scale, self.generator
         )
         per_rank = math.ceil(len(pixels) / self.world)
-        shard = [(self.rank + self.world * i) % len(pixels) for i in range(per_rank)]
-        self.x0 = encode(model, pixels[shard], config.batch_size)
-        self.solver = DeepInvSolver(**settings).to(model.device).train()
+        self.shard = torch.tensor([(self.rank + self.world * i) % len(pixels) for i in range(per_rank)])
+        self.x0 = encode(model, pixels[self.shard], config.batch_size)
+        self.solver = chosen.network(**chosen.config).to(model.device).train()
         self.optimizer = torch.optim.AdamW(
             self.solver.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.position, self.label_solver = Position(), None
-        if (out / CHECKPOINT).exists():
-            if not resume:
-                raise FastinvError(
-                    f"{out} already holds a checkpoint: pass --resume, or choose another --out"
-                )
-            self.position, self.label_solver = _load_checkpoint(
-                out, self.solver, self.optimizer, self.generator
-            )
-            if self.label_solver is not None:
-                self.label_solver.to(model.device).eval().requires_grad_(False)
+        self.position = Position()
+        if found is not None:
+            self.position = Position(**checkpoints.load(found, self.solver, self.optimizer, self.generator))
         self.network: torch.nn.Module = self.solver
         if self.world > 1:
             ids = [model.device.index] if model.device.type == "cuda" else None
             self.network = DistributedDataParallel(self.solver, device_ids=ids)
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=model.device.type == "cuda")
-        batch, pooled = config.batch_size, self.cond.pooled_embeds
-        self.text = self.cond.prompt_embeds.to(model.device).float().expand(batch, -1, -1)
-        self.pooled = None if pooled is None else pooled.to(model.device).float().expand(batch, -1)
         self.rows = _read_log(out, self.position.step) if self.rank == 0 else []
 
-    def _labels(self, sigmas: torch.Tensor) -> torch.Tensor | None:
-        if self.label_solver is None:
-            return None
-        solver = TorchSolver(self.label_solver)
-        parts = [
-            pseudo_labels(
-                self.model.velocity,
-                solver,
-                chunk,
-                sigmas,
-                self.cond,
-                alpha=self.config.interpolation_alpha,
-                blend=self.config.blend,
-                blend_window=self.config.blend_window,
-            )
-            for chunk in self.x0.split(self.config.batch_size)
-        ]
-        return torch.cat(parts)
+    # -- collect ------------------------------------------------------------------------------------------
 
-    def _train_batch(
-        self, x0: torch.Tensor, labels: torch.Tensor | None, sigmas: torch.Tensor, round_: int
-    ) -> list[float]:
-        """Roll the batch out over the schedule, one optimiser step per inversion step; the losses."""
-        config, velocity, batch = self.config, self.model.velocity, x0.shape[0]
-        text, pooled = self.text[:batch], None if self.pooled is None else self.pooled[:batch]
-        steps, losses, z = len(sigmas) - 1, [], x0
-        for i, sigma, sigma_next in upward_steps(sigmas):
-            k, h = steps - 1 - i, step_size(sigma, sigma_next, z)
-            s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
-            with torch.no_grad():
-                v = velocity(z, s_next, self.cond)
-            with self.autocast:
-                eps = self.network(v, z, x0, text, pooled, s, s_next).float()
-            with torch.no_grad():
-                # fixed-point target: re-evaluate the denoiser where ε̂ lands, K times
-                target = eps.detach()
-                for _ in range(config.inner_iterations):
-                    target = velocity(deepinv_update(z, target, h), s_next, self.cond)
-                if labels is not None:
-                    label = labels[:, k]
-                    pure = round_ >= config.pure_pseudo_from_round and k < steps / 2
-                    target = label if pure else config.lambda_fixed * target + config.lambda_pseudo * label
-            loss = F.mse_loss(eps, target)
+    def _parts(self) -> list[tuple[int, torch.Tensor]]:
+        """(T, crop indices) of each collection part: every T × every batch of this rank's crops."""
+        crops = torch.arange(len(self.x0))
+        return [(t, chunk) for t in self.config.steps for chunk in crops.split(self.config.batch_size)]
+
+    def _collect(self, progress: Progress) -> None:
+        """This round's steps for this rank's crops, part by part (a part already on disk is kept)."""
+        config, solver = self.config, TorchSolver(self.solver.eval())
+        parts = self._parts()
+        task = progress.add_task(f"round {self.position.round}: collect", total=len(parts))
+        for part, (t, chunk) in enumerate(parts):
+            path = checkpoints.steps_path(self.out, self.position.round, self.rank * 10_000 + part)
+            if not path.is_file():
+                sigmas = self.model.sigmas(t, tuple(self.x0.shape[-2:]))
+                with torch.no_grad():
+                    steps = collect_steps(
+                        self.model.velocity,
+                        solver,
+                        self.x0[chunk],
+                        chunk,
+                        sigmas,
+                        self.cond,
+                        tolerance=config.tolerance,
+                        max_evaluations=config.max_evaluations,
+                        memory=config.anderson_memory,
+                    )
+                checkpoints.save_steps(path, steps)
+            progress.advance(task)
+        progress.remove_task(task)
+        self.solver.train()
+
+    def _collected(self, rounds: range) -> Steps:
+        """The steps of `rounds` (this rank's)."""
+        parts = [
+            checkpoints.steps_path(self.out, r, self.rank * 10_000 + p)
+            for r in rounds
+            for p in range(len(self._parts()))
+        ]
+        return Steps.concat([checkpoints.load_steps(path) for path in parts])
+
+    # -- fit ----------------------------------------------------------------------------------------------
+
+    def _loss(self, steps: Steps, index: torch.Tensor) -> torch.Tensor:
+        device = self.model.device
+        v, z, f_prev, target = (getattr(steps, k)[index].to(device) for k in ("v", "z", "f_prev", "target"))
+        sigma, sigma_next = steps.sigma[index].to(device), steps.sigma_next[index].to(device)
+        x0 = self.x0[steps.crop[index].to(self.x0.device)]
+        with self.autocast:
+            if self.solver.warm_start:
+                eps = self.network(v, z, x0, f_prev, sigma, sigma_next).float()
+            else:
+                batch, pooled = len(index), self.cond.pooled_embeds
+                text = self.cond.prompt_embeds.to(device).float().expand(batch, -1, -1)
+                pooled = None if pooled is None else pooled.to(device).float().expand(batch, -1)
+                eps = self.network(v, z, x0, text, pooled, sigma, sigma_next).float()
+        error = (eps - target).flatten(1).pow(2).mean(dim=1)
+        if self.solver.warm_start:
+            error = error / (v - f_prev).flatten(1).pow(2).mean(dim=1).clamp(min=1e-12)
+        return error.mean()
+
+    def _learning_rate(self, round_step: int, round_steps: int) -> float:
+        config = self.config
+        if round_step < config.warmup:
+            return config.lr * (round_step + 1) / config.warmup
+        progress = (round_step - config.warmup) / max(1, round_steps - config.warmup)
+        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def _fit_epoch(self, steps: Steps, progress: Progress, task: Any, start: float) -> None:
+        config, position = self.config, self.position
+        batches = len(steps) // config.fit_batch or 1
+        round_steps = batches * config.epochs
+        order = torch.randperm(len(steps), generator=self.generator)
+        pending: list[torch.Tensor] = []
+        for b in range(batches):
+            index = order[b * config.fit_batch : (b + 1) * config.fit_batch]
+            lr = self._learning_rate(position.step - position.round_start, round_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss = self._loss(steps, index)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.solver.parameters(), config.grad_clip)
             self.optimizer.step()
-            losses.append(loss.detach())
-            if config.blend > 0 and in_window(k, steps, config.blend_window):
-                h = (1 - config.blend) * h  # (1 − b)·(z + h·ε̂) + b·z
-            z = deepinv_update(z, eps.detach(), h)
-        return [float(x) for x in torch.stack(losses)]
+            position.step += 1
+            pending.append(loss.detach())
+            if len(pending) == config.log_every or b == batches - 1:
+                mean = float(torch.stack(pending).mean())
+                if not math.isfinite(mean):
+                    raise FastinvError(
+                        f"training diverged: non-finite loss at step {position.step} (lower lr)"
+                    )
+                self.rows.append(
+                    {
+                        "step": position.step,
+                        "round": position.round,
+                        "epoch": position.epoch,
+                        "loss": mean,
+                        "seconds": round(time.perf_counter() - start, 2),
+                    }
+                )
+                pending = []
+                progress.update(task, description=f"round {position.round} fit: loss {mean:.3e}")
+            progress.advance(task)
+
+    def _checkpoint(self) -> None:
+        self.position.checkpoint += 1
+        if self.rank == 0:  # the log first: rows past the checkpoint are dropped on resume
+            _write_log(self.out, self.rows)
+            checkpoints.save(
+                self.out, self.position.checkpoint, self.solver, self.optimizer, self.generator, self.position
+            )
+
+    # -- the run ------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Train to the end; write out/solver (the trained solver), loss.csv, loss.png, log.json (rank 0)."""
+        """Train to the end; write out/solver, loss.csv, loss.png, targets.json, log.json (rank 0)."""
         config, position = self.config, self.position
-        total = config.rounds * config.steps_per_round(len(self.x0))
         console = Console()
         start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
-        pending: list[float] = []
-        labels_for: tuple[int, int] | None = None
-        labels = None
+        if position.checkpoint == 0:
+            self._checkpoint()  # the untrained solver: round 0 collection is resumable too
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, disable=self.rank != 0) as progress:
-            task = progress.add_task("training", total=total, completed=position.step)
-            while not position.done(config):
-                if (
-                    position.stage == 0
-                    and position.epoch == 0
-                    and position.round > 0
-                    and config.pseudo_labels
-                ):
-                    self.label_solver = copy.deepcopy(self.solver).eval().requires_grad_(False)
-                steps, _ = config.curriculum[position.stage]
-                sigmas = self.model.sigmas(steps, tuple(self.x0.shape[-2:]))
-                if labels_for != (position.round, position.stage):
-                    labels = self._labels(sigmas) if config.pseudo_labels else None
-                    labels_for = (position.round, position.stage)
-                order = torch.randperm(len(self.x0), generator=self.generator)
-                for chunk in order.split(config.batch_size):
-                    x0 = self.x0[chunk]
-                    batch_labels = None if labels is None else labels[chunk]
-                    for loss in self._train_batch(x0, batch_labels, sigmas, position.round):
-                        position.step += 1
-                        pending.append(loss)
-                        progress.update(
-                            task, advance=1, description=f"round {position.round} T={steps} loss {loss:.2e}"
-                        )
-                        if len(pending) == config.log_every:
-                            self._log(pending, position, steps, start)
-                            pending = []
-                if pending:
-                    self._log(pending, position, steps, start)
-                    pending = []
+            while position.round < config.rounds:
+                if not position.collected:
+                    self._collect(progress)
+                    position.collected, position.epoch, position.round_start = True, 0, position.step
+                    self._checkpoint()
+                steps = self._collected(range(position.round + 1))
+                batches = len(steps) // config.fit_batch or 1
+                task = progress.add_task(
+                    f"round {position.round} fit",
+                    total=batches * config.epochs,
+                    completed=batches * position.epoch,
+                )
+                for _ in range(position.epoch, config.epochs):
+                    self._fit_epoch(steps, progress, task, start)
+                    position.epoch += 1
+                    if position.epoch == config.epochs:  # the round is done: collect next
+                        position.round, position.collected, position.epoch = position.round + 1, False, 0
+                    self._checkpoint()
+                progress.remove_task(task)
                 if self.rank == 0:
                     console.print(
-                        f"round {position.round} T={steps} epoch {position.epoch}: "
-                        f"loss {self.rows[-1]['loss']:.3e}, {time.perf_counter() - start:.0f} s"
-                    )
-                position.advance(config)
-                if self.rank == 0:  # the log first: rows past the checkpoint are dropped on resume
-                    _write_log(self.out, self.rows)
-                    _save_checkpoint(
-                        self.out, self.solver, self.label_solver, self.optimizer, self.generator, position
+                        f"round {position.round - 1}: {len(steps)} steps, loss {self.rows[-1]['loss']:.3e}, "
+                        f"{time.perf_counter() - start:.0f} s"
                     )
         summary = {
             "optimizer_steps": position.step,
@@ -403,32 +463,37 @@ class SolverTrainer:
             "torch": torch.__version__,
         }
         if self.rank == 0:
-            self._write_solver()
-            (self.out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-            (self.out / "log.json").write_text(json.dumps(summary, indent=2) + "\n")
+            with publish_folder(self.out / "solver") as staging:
+                self.solver.save_pretrained(staging)
+            save_json(asdict(config), self.out / "train_config.json")
+            save_json(self._target_summary(), self.out / "targets.json")
+            save_json(summary, self.out / "log.json")
+            if self.rows:
+                plot_loss(self.rows, self.out / "loss.png")
         if self.world > 1:
             dist.barrier()
         return summary
 
-    def _log(self, losses: list[float], position: Position, steps: int, start: float) -> None:
-        if self.rank == 0:
-            self.rows.append(
-                {
-                    "step": position.step,
-                    "round": position.round,
-                    "T": steps,
-                    "epoch": position.epoch,
-                    "loss": sum(losses) / len(losses),
-                    "seconds": round(time.perf_counter() - start, 2),
+    def _target_summary(self) -> dict[str, Any]:
+        """How exact the targets were (rank 0's crops): per round and T, the worst step's residual, the
+        median step's, the share converged and the mean denoiser calls per solve; and the per-step table."""
+        summary: dict[str, Any] = {
+            "tolerance": self.config.tolerance,
+            "max_evaluations": self.config.max_evaluations,
+        }
+        for round_ in range(self.config.rounds):
+            rows = target_report(self._collected(range(round_, round_ + 1)), self.config.tolerance)
+            by_t = {}
+            for t in sorted({r["T"] for r in rows}):
+                mine = [r for r in rows if r["T"] == t]
+                by_t[str(t)] = {
+                    "max_residual": max(r["max_residual"] for r in mine),
+                    "median_residual": sorted(r["median_residual"] for r in mine)[len(mine) // 2],
+                    "converged": sum(r["converged"] for r in mine) / len(mine),
+                    "mean_evaluations": sum(r["mean_evaluations"] for r in mine) / len(mine),
                 }
-            )
-
-    def _write_solver(self) -> None:
-        tmp = self.out / ".solver.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.solver.save_pretrained(tmp)
-        shutil.rmtree(self.out / "solver", ignore_errors=True)
-        tmp.rename(self.out / "solver")
+            summary[f"round {round_}"] = {"by_T": by_t, "steps": rows}
+        return summary
 
 
 def train_solver(

@@ -1,0 +1,88 @@
+"""Training checkpoints that are safe at every instant: numbered folders, each complete before it counts.
+
+OUT/checkpoints/000012/ holds solver/ (safetensors + config.json), trainer.pt (optimiser and generator
+state: tensors and plain containers only, read with weights_only=True), position.json, and last a file
+COMPLETE. A new checkpoint is written under a staging name, renamed to its number, and only then are older
+ones removed, so a kill at any point leaves the newest complete checkpoint in place; `latest` finds it.
+Collected step data lives beside them (OUT/checkpoints/steps-rRR-KK.safetensors), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastinv.errors import FastinvError
+from fastinv.io import atomic_write, publish_folder
+from fastinv.solver.steps import Steps
+
+FOLDER = "checkpoints"
+COMPLETE = "COMPLETE"
+
+
+def latest(out: Path) -> Path | None:
+    """The newest complete checkpoint folder under out/checkpoints, or None."""
+    root = out / FOLDER
+    if not root.is_dir():
+        return None
+    complete = [p for p in root.iterdir() if p.name.isdigit() and (p / COMPLETE).is_file()]
+    return max(complete, key=lambda p: int(p.name), default=None)
+
+
+def save(
+    out: Path,
+    number: int,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    position: Any,
+) -> Path:
+    """Write checkpoint `number` (solver, optimiser, generator, position dataclass); drop older ones."""
+    folder = out / FOLDER / f"{number:06d}"
+    with publish_folder(folder) as staging:
+        network.save_pretrained(staging / "solver")
+        state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        torch.save(state, staging / "trainer.pt")
+        (staging / "position.json").write_text(json.dumps(asdict(position)) + "\n")
+        (staging / COMPLETE).write_text("")
+    for older in (out / FOLDER).iterdir():
+        if older.name.isdigit() and int(older.name) < number:
+            shutil.rmtree(older, ignore_errors=True)
+    return folder
+
+
+def load(
+    folder: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
+):
+    """Restore network, optimizer and generator from checkpoint `folder`; returns its position dict."""
+    try:
+        weights = load_file(folder / "solver" / "diffusion_pytorch_model.safetensors")
+        network.load_state_dict(weights)
+        state = torch.load(folder / "trainer.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        return json.loads((folder / "position.json").read_text())
+    except (OSError, KeyError, RuntimeError, ValueError) as err:
+        raise FastinvError(f"cannot resume from {folder}: {str(err).splitlines()[0]}") from err
+
+
+def steps_path(out: Path, round_: int, part: int) -> Path:
+    return out / FOLDER / f"steps-r{round_:02d}-{part:04d}.safetensors"
+
+
+def save_steps(path: Path, steps: Steps) -> None:
+    with atomic_write(path) as tmp:
+        save_file({k: v.contiguous() for k, v in steps.tensors().items()}, str(tmp))
+
+
+def load_steps(path: Path) -> Steps:
+    try:
+        return Steps(**load_file(path))
+    except (OSError, TypeError, ValueError) as err:
+        raise FastinvError(f"cannot read collected steps {path}: {err}") from err
