@@ -252,7 +252,7 @@ class Inverter:
                     trajectory = (
                         None if result.trajectory is None else [z[row : row + 1] for z in result.trajectory]
                     )
-                    part = InversionResult(result.z_T[row : row + 1], result.nfe, result.seconds, trajectory)
+                    part = dataclasses.replace(result, z_T=result.z_T[row : row + 1], trajectory=trajectory)
                     inversions[i] = Inversion(
                         part, method, steps, sigmas, cond, loaded[i], x0[row : row + 1], recorded
                     )

@@ -184,11 +184,19 @@ def test_an_engine_that_fails_to_load_is_skipped(tiny_sd3_dir: Path, tmp_path: P
     assert list(record["engines"]) == ["torch"]
 
 
-def _agg(method: str, steps: int, seconds: float, psnr: float | None, engine: str = "torch") -> dict:
+def _agg(
+    method: str,
+    steps: int,
+    seconds: float,
+    psnr: float | None,
+    engine: str = "torch",
+    cost: float | None = None,
+) -> dict:
     return {
         "engine": engine,
         "method": method,
         "steps": steps,
+        "cost": (1.1 * steps if method == "deepinv" else steps) if cost is None else cost,
         "seconds_median": seconds,
         "psnr": psnr,
         "ssim": None if psnr is None else psnr / 100,
@@ -216,6 +224,7 @@ def test_summary_on_hand_made_rows() -> None:
         _agg("deepinv", 25, 2 * math.sqrt(2), 27.0),
         _agg("deepinv", 50, 8.0, 35.0),
         _agg("euler", 10, 0.5, 20.0, engine="ort"),
+        _agg("gnri", 10, 3.0, 25.0, cost=50.0),  # dominated by euler at 50 steps (as cheap, better)
     ]
     summary = summarize(rows)
     torch_summary = summary["torch"]
@@ -224,19 +233,35 @@ def test_summary_on_hand_made_rows() -> None:
         ("deepinv ÷ euler", 25, math.sqrt(2)),
         ("deepinv ÷ euler", 50, 2.0),
     ]
-    assert [(r["steps"], r["psnr"]) for r in torch_summary["equal_steps"]] == [
-        (10, 2.0),
-        (25, 3.0),
-        (50, 5.0),
+    assert [(r["baseline"], r["steps"], r["psnr"]) for r in torch_summary["equal_steps"]] == [
+        ("euler", 10, 2.0),
+        ("euler", 25, 3.0),
+        ("euler", 50, 5.0),
+        ("gnri", 10, -3.0),
     ]
-    at_time = {r["steps"]: r for r in torch_summary["equal_time"]}
+    at_time = {r["steps"]: r for r in torch_summary["equal_time"] if r["baseline"] == "euler"}
     euler_at_1_5 = 20.0 + 4.0 * math.log(1.5) / math.log(2.0)
     assert at_time[10]["baseline_psnr"] == pytest.approx(euler_at_1_5)
     assert at_time[10]["psnr"] == pytest.approx(22.0 - euler_at_1_5) and at_time[10]["note"] is None
     assert at_time[10]["ssim"] == pytest.approx((22.0 - euler_at_1_5) / 100) and at_time[10]["lpips"] is None
     assert at_time[25]["psnr"] == pytest.approx(0.0)  # 2√2 s: halfway between 2 s and 4 s in log time
     assert at_time[50]["note"] == OUTSIDE and at_time[50]["psnr"] is None  # 8 s > euler's 4 s
-    assert summary["ort"] == {"time_ratios": [], "equal_steps": [], "equal_time": []}  # no deepinv on ort
+    at_cost = [
+        (r["steps"], r["baseline"], r["baseline_steps"], r["margin"]) for r in torch_summary["equal_cost"]
+    ]
+    assert at_cost == [(10, "euler", 10, 2.0), (25, "euler", 25, 3.0), (50, "euler", 50, 5.0)]
+    front = [(r["method"], r["steps"]) for r in torch_summary["pareto"]]
+    assert front == [
+        ("euler", 10),
+        ("deepinv", 10),
+        ("euler", 25),
+        ("deepinv", 25),
+        ("euler", 50),
+        ("deepinv", 50),
+    ]
+    ort = summary["ort"]  # no deepinv on ort
+    assert (ort["time_ratios"], ort["equal_steps"], ort["equal_time"], ort["equal_cost"]) == ([], [], [], [])
+    assert [(r["method"], r["steps"]) for r in ort["pareto"]] == [("euler", 10)]
     assert summarize(rows, fidelity=False)["torch"].keys() == {"time_ratios"}
 
 

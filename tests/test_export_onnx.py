@@ -16,7 +16,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from fastinv.export.onnx import TOLERANCE, check_parity, export_solver, export_velocity  # noqa: E402
-from test_solver import TINY, tiny_solver  # noqa: E402
+from test_solver import TINY, tiny_solver, tiny_warm_solver  # noqa: E402
 
 import fastinv  # noqa: E402
 from fastinv.api import Inverter  # noqa: E402
@@ -55,6 +55,13 @@ def solver_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Mod
     return solver, export_solver(
         solver, tmp_path_factory.mktemp("onnx_solver") / "solver.onnx", external_data=True
     )
+
+
+@pytest.fixture(scope="module")
+def warm_solver_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    """A tiny trained-looking warm-start solver, exported."""
+    solver = tiny_warm_solver()
+    return solver, export_solver(solver, tmp_path_factory.mktemp("onnx_warm_solver") / "solver.onnx")
 
 
 def _cfg_conditioning(model: FlowModel, length: int, embedded_guidance: float | None) -> Conditioning:
@@ -165,6 +172,32 @@ def test_deepinv_on_ort_matches_torch(
     expected = invert_deepinv(model.velocity, x0, sigmas, cond, solver=TorchSolver(solver)).z_T
     ort_velocity = OrtVelocity.load(path, model=model)
     actual = invert_deepinv(ort_velocity, x0, sigmas, cond, solver=OrtSolver.load(solver_path)).z_T
+    assert (actual - expected).abs().max() / expected.abs().max() <= TOLERANCE["fp32"]
+
+
+@pytest.mark.parametrize("tiny_graph", ["sd3"], indirect=True)  # the tiny solver has SD3's channels
+def test_warm_solver_parity_and_deepinv_on_ort(
+    tiny_graph: tuple[FlowModel, Path], warm_solver_graph: tuple[torch.nn.Module, Path]
+) -> None:
+    """The warm-start solver's graph takes f_prev instead of text; deepinv runs it unchanged on ORT."""
+    solver, path = warm_solver_graph
+    for report in (
+        check_parity(path, solver),
+        check_parity(path, solver, batch=3, height=8, width=8, seed=1),
+        check_parity(path, solver, batch=1, height=16, width=2, seed=2),
+    ):
+        assert report.error <= TOLERANCE["fp32"], report
+    ort_solver = OrtSolver.load(path, config=solver.config, precision="fp32")
+    assert ort_solver.warm_start and "f_prev" in ort_solver.graph.spec.inputs
+    assert "text" not in ort_solver.graph.spec.inputs
+    with pytest.raises(FastinvError, match="exported for a deepinv-warm model, not deepinv"):
+        OrtSolver.load(path, config=tiny_solver().config)
+    model, velocity_path = tiny_graph
+    x0 = torch.randn(1, model.codec.channels, 8, 8, generator=torch.Generator().manual_seed(6))
+    sigmas, cond = model.sigmas(5, (8, 8)), _cfg_conditioning(model, 5, None)
+    expected = invert_deepinv(model.velocity, x0, sigmas, cond, solver=TorchSolver(solver)).z_T
+    ort_velocity = OrtVelocity.load(velocity_path, model=model)
+    actual = invert_deepinv(ort_velocity, x0, sigmas, cond, solver=ort_solver).z_T
     assert (actual - expected).abs().max() / expected.abs().max() <= TOLERANCE["fp32"]
 
 

@@ -114,12 +114,15 @@ def _seconds(row: Row) -> str:
 
 
 def results_table(aggregates: list[Row]) -> TextTable:
-    """method, engine, steps, NFE, s/image median (spread), peak MiB, PSNR dB, SSIM, LPIPS per aggregate."""
+    """method, engine, steps, NFE, solver calls, denoiser-equivalent cost, s/image median (spread), peak MiB,
+    PSNR dB, SSIM, LPIPS per aggregate."""
     columns = (
         "method",
         "engine",
         "steps",
         "NFE",
+        "solver calls",
+        "cost",
         "s/image (p20–p80)",
         "peak MiB",
         "PSNR dB",
@@ -132,6 +135,8 @@ def results_table(aggregates: list[Row]) -> TextTable:
             row["engine"],
             str(row["steps"]),
             _nfe(row["nfe"]),
+            _nfe(row.get("solver_calls", 0)),
+            _fmt(row.get("cost", row["nfe"]), 1),
             _seconds(row),
             f"{row['peak_mib']:.0f}",
             _fmt(row["psnr"]),
@@ -140,7 +145,12 @@ def results_table(aggregates: list[Row]) -> TextTable:
         )
         for row in aggregates
     ]
-    return TextTable("Per method × engine × steps (mean over images)", columns, rows, "llrrrrrrr")
+    return TextTable(
+        "Per method × engine × steps (mean over images; cost = NFE + solver calls × solver/denoiser FLOPs)",
+        columns,
+        rows,
+        "llrrrrrrrrr",
+    )
 
 
 def skipped_table(skipped: list[Row]) -> TextTable:
@@ -154,7 +164,7 @@ def skipped_table(skipped: list[Row]) -> TextTable:
 
 def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
     """The time ratios, then DeepInv − baseline at equal steps and at equal time, over all engines."""
-    times, steps_rows, time_rows = [], [], []
+    times, steps_rows, time_rows, cost_rows = [], [], [], []
     for engine, parts in summary.items():
         for r in parts["time_ratios"]:
             times.append((engine, r["ratio"], str(r["steps"]), f"{r['value']:.2f}×"))
@@ -169,6 +179,22 @@ def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
                 _fmt(r["lpips"], 4, True),
             )
             time_rows.append((engine, r["baseline"], str(r["steps"]), f"{r['seconds']:.3g}", *diffs))
+        for r in parts.get("equal_cost", []):
+            baseline = (
+                "none as cheap" if r["baseline"] is None else f"{r['baseline']} @ {r['baseline_steps']}"
+            )
+            cost_rows.append(
+                (
+                    engine,
+                    str(r["steps"]),
+                    _fmt(r["cost"], 1),
+                    _fmt(r["psnr"]),
+                    baseline,
+                    _fmt(r["baseline_cost"], 1),
+                    _fmt(r["baseline_psnr"]),
+                    _fmt(r["margin"], sign=True),
+                )
+            )
     deltas = ("ΔPSNR dB", "ΔSSIM", "ΔLPIPS")
     return [
         TextTable(
@@ -186,6 +212,21 @@ def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
             ("engine", "baseline", "deepinv steps", "s/image", "baseline PSNR dB", *deltas),
             time_rows,
             "llrrrrrr",
+        ),
+        TextTable(
+            "DeepInv against the best training-free run (any method and steps of this bench) costing no more",
+            (
+                "engine",
+                "deepinv steps",
+                "cost",
+                "PSNR dB",
+                "best training-free",
+                "its cost",
+                "its PSNR dB",
+                "ΔPSNR dB",
+            ),
+            cost_rows,
+            "lrrrlrrr",
         ),
     ]
 
@@ -245,10 +286,12 @@ def plot(
     ylabel: str,
     logx: bool = False,
     logy: bool = False,
+    front: list[tuple[float, float]] | None = None,
 ) -> Path:
     """A PNG of aggregate key `y` against key `x`: one line per method × engine through its step counts
     (colour: method, marker: engine), each point labelled with its steps; missing or infinite values left
-    out. Saved atomically."""
+    out; `front` (x, y) points ringed and joined as a dashed staircase (the Pareto front). Saved
+    atomically."""
     fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
     methods = list(dict.fromkeys(row["method"] for row in aggregates))
@@ -270,6 +313,10 @@ def plot(
             ax.plot(xs, ys, color=colors[method], marker=MARKERS[engine], linewidth=1, markersize=6)
             for steps, px, py in points:
                 ax.annotate(str(steps), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if front:
+        xs, ys = zip(*front, strict=True)
+        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front")
+        ax.scatter(xs, ys, s=120, facecolors="none", edgecolors="black", linewidths=1, zorder=3)
     if logx:
         ax.set_xscale("log")
         _log_scale(ax.xaxis, [x for line in ax.get_lines() for x in line.get_xdata()])
@@ -280,6 +327,8 @@ def plot(
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     method_keys = [Line2D([], [], color=colors[m], label=m) for m in methods]
+    if front:
+        method_keys.append(Line2D([], [], color="black", linestyle="--", label="Pareto front"))
     engine_keys = [
         Line2D([], [], color="grey", marker=MARKERS[e], linestyle="none", label=e) for e in engines
     ]
@@ -292,8 +341,9 @@ def plot(
 
 
 def write_report(record: dict[str, Any], out: Path) -> list[Path]:
-    """bench.json, bench.md and the plots (fidelity_vs_time.png and fidelity_vs_steps.png; for a
-    timing-only run time_vs_steps.png instead) in `out`, each written atomically; their paths."""
+    """bench.json, bench.md and the plots (fidelity_vs_time.png, fidelity_vs_steps.png and
+    fidelity_vs_cost.png with the torch engine's Pareto front; for a timing-only run time_vs_steps.png
+    instead) in `out`, each written atomically; their paths."""
     paths = [save_json(record, out / "bench.json")]
     with atomic_write(out / "bench.md") as tmp:
         tmp.write_text(markdown(record), encoding="utf-8")
@@ -331,6 +381,20 @@ def write_report(record: dict[str, Any], out: Path) -> list[Path]:
                 out / "fidelity_vs_steps.png",
                 xlabel="steps",
                 ylabel="reconstruction PSNR dB",
+            )
+        )
+        engine = next(iter(record["summary"]), None)
+        front = [(r["cost"], r["psnr"]) for r in record["summary"].get(engine, {}).get("pareto", [])]
+        paths.append(
+            plot(
+                [row for row in aggregates if row["engine"] == engine],
+                "cost",
+                "psnr",
+                out / "fidelity_vs_cost.png",
+                xlabel="denoiser-equivalent cost (NFE + solver calls × FLOP ratio)",
+                ylabel="reconstruction PSNR dB",
+                logx=True,
+                front=front,
             )
         )
     return paths

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from fastinv.api import Inverter, load
+from fastinv.bench.cost import cost, solver_flop_ratio
 from fastinv.bench.memory import PeakMemory
 from fastinv.bench.plan import GUIDANCE, PROMPT, BenchPlan
 from fastinv.bench.summary import Row
@@ -40,14 +41,34 @@ def export_graphs(plan: BenchPlan, folder: Path) -> list[Path]:
     return list(export_model(inverter.model, inverter.solver_dir, folder, precision=plan.precision))
 
 
+def flop_ratio(inverter: Inverter, picture: LoadedImage, cache: dict[tuple[int, ...], float]) -> float:
+    """The inverter's solver FLOPs ÷ denoiser FLOPs at the picture's latent size (counted once per size)."""
+    codec = inverter.model.codec
+    key = (
+        codec.channels,
+        picture.pixels.shape[-2] // codec.scale_factor,
+        picture.pixels.shape[-1] // codec.scale_factor,
+    )
+    if key not in cache:
+        cache[key] = solver_flop_ratio(inverter.model, inverter.solver, key)
+    return cache[key]
+
+
 def measure_image(
-    inverter: Inverter, picture: LoadedImage, method: str, steps: int, repeats: int, metrics: bool
+    inverter: Inverter,
+    picture: LoadedImage,
+    method: str,
+    steps: int,
+    repeats: int,
+    metrics: bool,
+    ratios: dict[tuple[int, ...], float],
 ) -> Row:
     """`repeats` timed inversions of one image, then one reconstruction from z_T scored against it.
 
-    Returns {"nfe", "seconds": [repeats] (InversionResult.seconds: CUDA events on GPU), "seconds_median",
-    "peak_mib" (the highest PeakMemory of the repeats)} plus, if `metrics`, inverter.evaluate's PSNR (dB),
-    SSIM, LPIPS, pixel and latent MSE (deterministic, so measured once).
+    Returns {"nfe", "solver_calls", "cost" (denoiser-equivalent, `fastinv.bench.cost`), "seconds": [repeats]
+    (InversionResult.seconds: CUDA events on GPU), "seconds_median", "peak_mib" (the highest PeakMemory of
+    the repeats)} plus, if `metrics`, inverter.evaluate's PSNR (dB), SSIM, LPIPS, pixel and latent MSE
+    (deterministic, so measured once). `ratios` caches the solver's FLOP ratio per latent size.
     """
     seconds, peaks = [], []
     for _ in range(repeats):
@@ -55,8 +76,13 @@ def measure_image(
             inversion = inverter.invert(picture, prompt=PROMPT, guidance=GUIDANCE, method=method, steps=steps)
         seconds.append(inversion.result.seconds)
         peaks.append(memory.mib)
+    calls = inversion.result.solver_calls
+    ratio = flop_ratio(inverter, picture, ratios) if calls else None
     row = {
         "nfe": inversion.result.nfe,
+        "solver_calls": calls,
+        "solver_flop_ratio": ratio,
+        "cost": cost(inversion.result.nfe, calls, ratio),
         "seconds": seconds,
         "seconds_median": statistics.median(seconds),
         "peak_mib": max(peaks),
@@ -75,6 +101,7 @@ def measure_combination(
     plan: BenchPlan,
     progress: Progress,
     task: TaskID,
+    ratios: dict[tuple[int, ...], float],
 ) -> list[Row]:
     """plan.warmup untimed inversions of the first image, then `measure_image` of each image."""
     unit = f"{engine} · {method} · {steps} steps"
@@ -85,7 +112,7 @@ def measure_combination(
     rows = []
     for name, picture in pictures.items():
         progress.update(task, description=f"{unit} · {name}")
-        row = measure_image(inverter, picture, method, steps, plan.repeats, not plan.timing_only)
+        row = measure_image(inverter, picture, method, steps, plan.repeats, not plan.timing_only, ratios)
         size = [picture.pixels.shape[-1], picture.pixels.shape[-2]]
         rows.append({"engine": engine, "method": method, "steps": steps, "image": name, "size": size, **row})
         progress.advance(task)
@@ -157,11 +184,12 @@ def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
                 "engine_dir": None if inverter.engine_dir is None else str(inverter.engine_dir),
                 "fast_path": inverter.fast.describe(),
             }
+            ratios: dict[tuple[int, ...], float] = {}
             for steps in plan.steps:
                 for method in plan.methods:
                     try:
                         result.rows += measure_combination(
-                            inverter, engine, pictures, method, steps, plan, progress, task
+                            inverter, engine, pictures, method, steps, plan, progress, task, ratios
                         )
                     except (FastinvError, torch.OutOfMemoryError) as err:
                         result.skipped.append(_skipped(engine, method, steps, err))

@@ -2,7 +2,9 @@
 
 Per engine: DeepInv time ÷ Euler time and ReNoise time ÷ DeepInv time at each step count; DeepInv minus
 each baseline in PSNR / SSIM / LPIPS at equal steps, and at equal time (the baseline's metrics interpolated,
-linear in log time, at DeepInv's time per image; never extrapolated). Only ratios whose methods ran.
+linear in log time, at DeepInv's time per image; never extrapolated); at equal cost, DeepInv against the
+best training-free run of no more denoiser-equivalent cost (`fastinv.bench.cost`), any method and steps;
+and the Pareto front of PSNR against cost. Only ratios whose methods ran.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import statistics
 from typing import Any
 
 import numpy as np
+
+from fastinv.bench.cost import pareto_front
 
 METRICS = ("psnr", "ssim", "lpips", "mse_pixel", "mse_latent")
 COMPARED = ("psnr", "ssim", "lpips")
@@ -43,6 +47,7 @@ def aggregate(rows: list[Row]) -> list[Row]:
         seconds = [s for row in group for s in row["seconds"]]
         p20, p80 = np.percentile(seconds, [20, 80])
         nfes = [row["nfe"] for row in group]
+        costs = [row.get("cost", row["nfe"]) for row in group]
         aggregates.append(
             {
                 "engine": engine,
@@ -50,6 +55,8 @@ def aggregate(rows: list[Row]) -> list[Row]:
                 "steps": steps,
                 "images": len(group),
                 "nfe": nfes[0] if len(set(nfes)) == 1 else statistics.fmean(nfes),
+                "solver_calls": statistics.fmean(row.get("solver_calls", 0) for row in group),
+                "cost": statistics.fmean(costs),
                 "seconds_median": statistics.median(seconds),
                 "seconds_p20": float(p20),
                 "seconds_p80": float(p80),
@@ -132,9 +139,45 @@ def equal_time(aggregates: list[Row], engine: str) -> list[Row]:
     return rows
 
 
+TRAINED = ("deepinv",)
+"""Methods that need a trained network; every other registered method is training-free."""
+
+
+def equal_cost(aggregates: list[Row], engine: str) -> list[Row]:
+    """Per DeepInv step count: {"steps", "cost", "psnr", "baseline", "baseline_steps", "baseline_cost",
+    "baseline_psnr", "margin"}: the training-free run (any method, any steps) of the highest PSNR among
+    those costing no more than DeepInv, and DeepInv's PSNR minus its; baseline None when none is as cheap."""
+    rows = [r for r in aggregates if r["engine"] == engine and r.get("psnr") is not None]
+    free = [r for r in rows if r["method"] not in TRAINED]
+    out = []
+    for ours in sorted((r for r in rows if r["method"] == "deepinv"), key=lambda r: r["steps"]):
+        cheaper = [r for r in free if r["cost"] <= ours["cost"] + 1e-9]
+        best = max(cheaper, key=lambda r: r["psnr"], default=None)
+        out.append(
+            {
+                "steps": ours["steps"],
+                "cost": ours["cost"],
+                "psnr": ours["psnr"],
+                "baseline": None if best is None else best["method"],
+                "baseline_steps": None if best is None else best["steps"],
+                "baseline_cost": None if best is None else best["cost"],
+                "baseline_psnr": None if best is None else best["psnr"],
+                "margin": None if best is None else ours["psnr"] - best["psnr"],
+            }
+        )
+    return out
+
+
+def pareto(aggregates: list[Row], engine: str) -> list[Row]:
+    """The (method, steps, cost, psnr) rows on the Pareto front of PSNR against cost, ascending cost."""
+    rows = [r for r in aggregates if r["engine"] == engine and r.get("psnr") is not None]
+    front = pareto_front([(r["cost"], r["psnr"]) for r in rows])
+    return [{key: rows[i][key] for key in ("method", "steps", "cost", "psnr")} for i in front]
+
+
 def summarize(aggregates: list[Row], *, fidelity: bool = True) -> dict[str, dict[str, list[Row]]]:
-    """Per engine: {"time_ratios", "equal_steps", "equal_time"} (see the functions of those names); the two
-    fidelity comparisons are left out when `fidelity` is False (a timing-only run)."""
+    """Per engine: {"time_ratios", "equal_steps", "equal_time", "equal_cost", "pareto"} (see the functions
+    of those names); the fidelity comparisons are left out when `fidelity` is False (a timing-only run)."""
     engines = dict.fromkeys(row["engine"] for row in aggregates)
     summary = {}
     for engine in engines:
@@ -143,5 +186,7 @@ def summarize(aggregates: list[Row], *, fidelity: bool = True) -> dict[str, dict
             summary[engine] |= {
                 "equal_steps": equal_steps(aggregates, engine),
                 "equal_time": equal_time(aggregates, engine),
+                "equal_cost": equal_cost(aggregates, engine),
+                "pareto": pareto(aggregates, engine),
             }
     return summary

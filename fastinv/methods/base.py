@@ -20,12 +20,14 @@ StepCallback = Callable[[dict[str, Any]], None]
 @dataclass
 class InversionResult:
     """z_T: [B, C, H, W] float32 noise at σ_0 (≈1); nfe: denoiser calls (a CFG pair batched in one call
-    counts 1); seconds: wall time of the inversion; trajectory: latents from σ_N = 0 up to σ_0, if kept."""
+    counts 1); seconds: wall time of the inversion; trajectory: latents from σ_N = 0 up to σ_0, if kept;
+    solver_calls: calls of a trained solver network (DeepInv), 0 for training-free methods."""
 
     z_T: torch.Tensor
     nfe: int
     seconds: float
     trajectory: list[torch.Tensor] | None = None
+    solver_calls: int = 0
 
 
 class InversionMethod(Protocol):
@@ -161,7 +163,11 @@ class InversionRun:
             }
             self.callback(info | extra)
 
-    def result(self, z: torch.Tensor) -> InversionResult:
+    def result(self, z: torch.Tensor, solver_calls: int = 0) -> InversionResult:
         return InversionResult(
-            z_T=z, nfe=self.model.calls, seconds=self.clock.seconds(), trajectory=self.trajectory
+            z_T=z,
+            nfe=self.model.calls,
+            seconds=self.clock.seconds(),
+            trajectory=self.trajectory,
+            solver_calls=solver_calls,
         )

@@ -83,4 +83,4 @@ def invert_deepinv(
         blended = blend > 0 and in_window(n - 1 - i, n, tuple(blend_window))
         z, eps = step(z, eps, s, s_next, h, (1 - blend) * h if blended else h)
         run.step(i, sigma, sigma_next, z)
-    return run.result(z)
+    return run.result(z, solver_calls=n)

@@ -114,13 +114,13 @@ def flux_cost(config: dict[str, Any], latent: tuple[int, int, int], text_tokens:
     return Cost(flops, count_params(model))
 
 
-def solver_cost(name: str, latent: tuple[int, int, int], text_tokens: int) -> Cost:
-    """One forward of preset `name`'s network: its latent inputs [1, *latent], and for the paper design
-    text_tokens prompt tokens."""
-    chosen = preset(name)
-    config = chosen.config
+def network_cost(
+    network_class: type[nn.Module], config: dict[str, Any], latent: tuple[int, int, int], text_tokens: int
+) -> Cost:
+    """One forward of a solver network built from `config` on the meta device: latent inputs [1, *latent],
+    and for the paper design (it reads text) text_tokens prompt tokens."""
     with torch.device("meta"):
-        model = chosen.network(**config)
+        model = network_class(**config)
         latents = [torch.empty(1, *latent) for _ in range(4 if model.warm_start else 3)]
         sigmas = (torch.empty(1), torch.empty(1))
         if model.warm_start:
@@ -131,6 +131,20 @@ def solver_cost(name: str, latent: tuple[int, int, int], text_tokens: int) -> Co
                 model, *latents, torch.empty(1, text_tokens, config["text_dim"]), pooled, *sigmas
             )
     return Cost(flops, count_params(model))
+
+
+def solver_cost(name: str, latent: tuple[int, int, int], text_tokens: int) -> Cost:
+    """One forward of preset `name`'s network (see `network_cost`)."""
+    chosen = preset(name)
+    return network_cost(chosen.network, chosen.config, latent, text_tokens)
+
+
+def denoiser_cost(
+    family: str, config: dict[str, Any], latent: tuple[int, int, int], text_tokens: int
+) -> Cost:
+    """One forward of an SD3 ("sd3") or FLUX ("flux") transformer of `config` on latents (C, H, W)."""
+    public = {k: v for k, v in config.items() if not k.startswith("_")}
+    return (sd3_cost if family == "sd3" else flux_cost)(public, latent, text_tokens)
 
 
 def _default_model_config() -> dict[str, Any]:

@@ -30,7 +30,7 @@ SolverNetwork = DeepInvSolver | WarmStartSolver
 
 def solver_family(config: Mapping[str, Any]) -> str:
     """The graph family of an exported solver of this config: "deepinv-warm" (WarmStartSolver), "deepinv"."""
-    return "deepinv-warm" if config.get("_class_name") == WarmStartSolver.__name__ else "deepinv"
+    return "deepinv" if "text_dim" in config else "deepinv-warm"  # only the paper design reads text
 
 
 @runtime_checkable
@@ -171,7 +171,7 @@ def check_solver_fits(config: Mapping[str, Any], channels: int, cond: Conditioni
     problems = []
     if config["in_channels"] != channels:
         problems.append(f"latent channels {config['in_channels']} vs the model's {channels}")
-    if config.get("_class_name") == "WarmStartSolver" or "text_dim" not in config:
+    if solver_family(config) == "deepinv-warm":
         if problems:
             raise FastinvError(f"the solver does not fit this model: {'; '.join(problems)}")
         return
