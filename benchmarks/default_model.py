@@ -127,6 +127,7 @@ def invert_photos(
         per_photo[name] = {
             **{key: metrics[key] for key in (*METRICS, "mse_pixel", "mse_latent")},
             "nfe": res.result.nfe,
+            "solver_calls": res.result.solver_calls,
             "seconds_inversion": res.result.seconds,
             "seconds_reconstruction": rec.seconds,
         }

@@ -160,7 +160,9 @@ def load_solver(
         network = network_class.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, TypeError) as err:
         raise FastinvError(f"cannot load the solver in {folder}: {str(err).splitlines()[0]}") from err
-    network = network.to(device=device, dtype=dtype).eval()
+    if any(p.dtype != dtype for p in network.parameters()):  # from_pretrained may leave float32 weights
+        network = network.to(dtype=dtype)
+    network = network.to(device=device).eval()
     network.requires_grad_(False)
     return TorchSolver(network, dtype)
 
