@@ -13,6 +13,7 @@ fastinv.load(..., fast=False); see `fastinv.runtime.fast_path`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,28 @@ from fastinv.sampling import SourceControl, sample_euler
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
 ImageSource = str | Path | Image.Image | np.ndarray
+MAX_STEPS = 10_000
+
+
+def check_request(
+    *, steps: Any = 1, prompt: Any = "", guidance: Any = 1.0, embedded_guidance: Any = None
+) -> None:
+    """One-line errors, before any work, for the arguments every inversion takes: steps an integer in
+    [1, MAX_STEPS], prompt a string, guidance a finite number >= 0, embedded guidance None or the same."""
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise FastinvError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise FastinvError(f"steps must be at least 1 and at most {MAX_STEPS}, got {steps}")
+    if not isinstance(prompt, str):
+        raise FastinvError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not finite(guidance) or guidance < 0:
+        raise FastinvError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if embedded_guidance is not None and (not finite(embedded_guidance) or embedded_guidance < 0):
+        raise FastinvError(f"embedded guidance must be a finite number >= 0, got {embedded_guidance!r}")
 
 
 @dataclass
@@ -57,6 +80,7 @@ class Inversion:
     image: LoadedImage
     x0: torch.Tensor
     options: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
 
     @property
     def z_T(self) -> torch.Tensor:
@@ -221,10 +245,12 @@ class Inverter:
         Each Inversion holds its image's slice of z_T; nfe and seconds are those of its size group's
         batched call (NFE per image = the method's NFE; seconds per image = seconds / group size).
         """
-        if steps < 1:
-            raise FastinvError(f"steps must be at least 1, got {steps}")
+        check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
+        if isinstance(images, str | Path | Image.Image | np.ndarray) or not isinstance(images, Sequence):
+            raise TypeError(f"invert_batch takes a list of images, got {type(images).__name__}")
         if not images:
             raise FastinvError("no images to invert")
+        check_options(method, options)
         invert = get_method(method)
         loaded = [image if isinstance(image, LoadedImage) else self.prepare_image(image) for image in images]
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -248,13 +274,26 @@ class Inverter:
                         keep_trajectory=keep_trajectory,
                         **options,
                     )
+                if not bool(torch.isfinite(result.z_T).all()):  # one host sync per inversion
+                    raise FastinvError(
+                        f"method {method!r} produced a non-finite z_T (NaN or inf) at {steps} steps: "
+                        "try more steps, fewer corrections or fp32"
+                    )
                 for row, i in enumerate(indices):
                     trajectory = (
                         None if result.trajectory is None else [z[row : row + 1] for z in result.trajectory]
                     )
                     part = dataclasses.replace(result, z_T=result.z_T[row : row + 1], trajectory=trajectory)
                     inversions[i] = Inversion(
-                        part, method, steps, sigmas, cond, loaded[i], x0[row : row + 1], recorded
+                        part,
+                        method,
+                        steps,
+                        sigmas,
+                        cond,
+                        loaded[i],
+                        x0[row : row + 1],
+                        recorded,
+                        self.model.name,
                     )
         return inversions
 
@@ -281,8 +320,18 @@ class Inverter:
             seconds = clock.seconds()
         return Reconstruction(latents, pixels, len(inversion.sigmas) - 1, seconds, pixels_to_pil(pixels))
 
+    def _check_inversion(self, inversion: Any) -> None:
+        """TypeError for anything but an Inversion; a one-line error for one made by another model."""
+        if not isinstance(inversion, Inversion):
+            raise TypeError(f"expected an Inversion (from Inverter.invert), got {type(inversion).__name__}")
+        if inversion.model_name != self.model.name or inversion.z_T.shape[1] != self.model.codec.channels:
+            raise FastinvError(
+                f"this inversion was made with {inversion.model_name}, not this inverter's {self.model.name}"
+            )
+
     def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
         """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""
+        self._check_inversion(inversion)
         return self._regenerate(inversion, inversion.cond, None, callback)
 
     def edit(
@@ -306,7 +355,10 @@ class Inverter:
         (`sampling.SourceControl`: strength η, the first `stop` fraction of the steps). An Inversion
         is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration."""
         SourceControl.check(strength, stop)  # before any work
+        check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
+        check_request(steps=steps, prompt=source_prompt, guidance=inversion_guidance)
         if isinstance(image, Inversion):
+            self._check_inversion(image)
             inversion = image
         else:
             inversion = self.invert(

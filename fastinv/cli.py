@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import signal
 import sys
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -131,12 +133,12 @@ def invert(
 ) -> None:
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
     _quiet_libraries()
-    from fastinv.api import load
+    from fastinv.api import check_request, load
     from fastinv.methods import parse_options
     from fastinv.models import EXAMPLE_IMAGE
 
-    if steps < 1:
-        raise FastinvError(f"--steps must be at least 1, got {steps}")
+    check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
+    _check_out(out)
     method_options = parse_options(method, set_ or [])
     images = [*(images or []), *([EXAMPLE_IMAGE] if example else [])]
     if not images:
@@ -222,16 +224,17 @@ def edit(
     source by RF-Inversion's controlled ODE; writes source, edit and side-by-side PNGs and a JSON record."""
     _quiet_libraries()
 
-    from fastinv.api import load
+    from fastinv.api import check_request, load
     from fastinv.methods import parse_options
     from fastinv.outputs import write_edit_outputs
     from fastinv.sampling import SourceControl
 
     if not image.is_file():
         raise FastinvError(f"image not found: {image}")
-    if steps < 1:
-        raise FastinvError(f"--steps must be at least 1, got {steps}")
+    check_request(steps=steps, prompt=source_prompt, guidance=inversion_guidance)
+    check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     SourceControl.check(strength, stop)  # before loading
+    _check_out(out)
     options = parse_options(method, set_ or [])
     with console.status(f"loading {model or 'the shipped default model'}"):
         inverter = load(
@@ -296,6 +299,12 @@ def edit(
     console.print(f"wrote {image.stem}.source.png, .edit.png, .side_by_side.png, .edit.json to {out}")
 
 
+def _check_out(out: Path) -> None:
+    """One-line error, before any work, when --out cannot be a folder."""
+    if out.exists() and not out.is_dir():
+        raise FastinvError(f"--out {out} is a file, not a folder")
+
+
 def _invert_one(
     inverter: Inverter,
     picture: LoadedImage,
@@ -328,18 +337,22 @@ def train(
         typer.Option(help="Folder of training images, or 'skimage' (the shipped model's training photos)."),
     ] = "skimage",
     out: Annotated[
-        Path, typer.Option(help="Output folder: solver/, checkpoint/, loss.csv, loss.png.")
+        Path,
+        typer.Option(
+            help="Output folder: solver/, checkpoints/, loss.csv, loss.png, targets.json, log.json."
+        ),
     ] = Path("fastinv-solver"),
     config: Annotated[
         Path | None, typer.Option(help="Training recipe JSON; default: the shipped solver's recipe.")
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option(
-            "--set", help="Recipe override KEY=VALUE (repeatable), e.g. rounds=1 or curriculum=[[1,2]]."
-        ),
+        typer.Option("--set", help="Recipe override KEY=VALUE (repeatable), e.g. rounds=1 or steps=[4,10]."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest complete checkpoint in OUT.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing OUT/solver.")] = False,
     device: Annotated[
         str, typer.Option(help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     ] = "auto",
@@ -362,7 +375,7 @@ def train(
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     with console.status(f"loading {model or 'the shipped default model'}"):
         inverter = load(model, device=device, dtype=dtype, fast=False)  # training runs eager (+ autocast)
-    summary = train_solver(inverter.model, recipe, images, out, resume=resume)
+    summary = train_solver(inverter.model, recipe, images, out, resume=resume, force=force)
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(
             f"trained {summary['optimizer_steps']} steps in {summary['seconds']:.0f} s, "
@@ -620,16 +633,57 @@ def info() -> None:
     console.print(table)
 
 
+_received: list[int] = []
+"""Signals received during this `main` call (typer turns the KeyboardInterrupt they raise into exit 130)."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """SIGINT / SIGTERM: raise KeyboardInterrupt in the main thread, so that every `with` block (staged
+    files, checkpoints) unwinds before the process exits."""
+    _received.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _interrupted(signum: int) -> NoReturn:
+    _fail(f"interrupted by {signal.Signals(signum).name}: stopped, nothing half-written left", 128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `fastinv` and `python -m fastinv`."""
+    """Entry point of `fastinv` and `python -m fastinv`: every failure ends in one `error:` line on stderr.
+
+    Exit codes: 0 done; 2 bad input or a fault (disk full, unreadable file; FASTINV_DEBUG=1 re-raises
+    unexpected errors with their traceback); 130 / 143 on SIGINT / SIGTERM (outputs are staged and
+    published atomically, so nothing half-written is left; `train` keeps its last complete checkpoint).
+    """
+    _received.clear()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except FastinvError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(err))
+    except typer.TyperException as err:  # usage errors of typer's (vendored) click
+        _fail(err.format_message() if hasattr(err, "format_message") else str(err))
+    except KeyboardInterrupt:
+        _interrupted(_received[0] if _received else signal.SIGINT)
+    except OSError as err:
+        _fail(f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}")
+    except MemoryError:
+        _fail("out of memory")
+    except Exception as err:
+        if os.environ.get("FASTINV_DEBUG"):
+            raise
+        _fail(f"internal error ({type(err).__name__}: {err}); rerun with FASTINV_DEBUG=1 for the traceback")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if _received or code == 130:  # typer returns 130 for the KeyboardInterrupt it caught
+        _interrupted(_received[0] if _received else signal.SIGINT)
+    if isinstance(code, int) and code:
+        sys.exit(code)

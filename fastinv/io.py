@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -164,6 +165,46 @@ def publish_folder(path: str | Path) -> Iterator[Path]:
         raise
 
 
+Writer = Callable[[Path], object]
+"""Writes one file's content to the path it is given (a staging name)."""
+
+
+def publish_files(files: Mapping[Path, Writer]) -> list[Path]:
+    """Write a set of files that belong together: every file is staged under a temporary name first, and
+    only when all are written are they renamed onto their targets, in the given order (put the file that
+    marks the set complete last). A failure or signal while staging leaves every target as it was and no
+    temporary file behind; write faults (disk full, read-only, a folder in the way) are one-line errors."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, write in files.items():
+            target = Path(target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+                staged.append((tmp, target))
+                write(tmp)
+            except Exception as exc:  # OSError, or a library's own write error (safetensors)
+                raise _error(f"cannot write {target}: {_reason(exc)}") from exc
+        for tmp, target in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise _error(f"cannot write {target}: {_reason(exc)}") from exc
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [target for _, target in staged]
+
+
+def png_writer(image: Image.Image, text: Mapping[str, str] | None = None) -> Writer:
+    """A PNG of `image`, with `text` as tEXt chunks (e.g. a run id)."""
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    return lambda tmp: image.save(tmp, format="PNG", pnginfo=info)
+
+
 def save_png(pixels: torch.Tensor, path: str | Path) -> Path:
     """Write [3,H,W] or [1,3,H,W] pixels in [-1,1] as an 8-bit RGB PNG, atomically."""
     return save_image(pixels_to_pil(pixels), path)
@@ -171,7 +212,7 @@ def save_png(pixels: torch.Tensor, path: str | Path) -> Path:
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
     """Write a PIL image as PNG, atomically."""
-    return _write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return _write(path, png_writer(image))
 
 
 def side_by_side(panels: list[tuple[str, Image.Image]], min_height: int = 192) -> Image.Image:
@@ -194,14 +235,19 @@ def side_by_side(panels: list[tuple[str, Image.Image]], min_height: int = 192) -
     return row
 
 
+def json_writer(obj: Any) -> Writer:
+    """Strict JSON of `obj` (indent 2, UTF-8); see save_json."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    return lambda tmp: tmp.write_text(text, encoding="utf-8")
+
+
 def save_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as strict JSON (indent 2, UTF-8), atomically.
 
     Non-finite floats (inf, -inf, nan) become ``null`` so that any JSON parser can read the file.
     numpy/torch scalars and arrays become numbers and lists; paths become strings.
     """
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    return _write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return _write(path, json_writer(obj))
 
 
 def save_latents(path: str | Path, z: torch.Tensor, metadata: Mapping[str, Any]) -> Path:
@@ -210,6 +256,11 @@ def save_latents(path: str | Path, z: torch.Tensor, metadata: Mapping[str, Any])
     Each metadata value is stored JSON-encoded (same rules as save_json); the key "format" is
     reserved and set to "fastinv-latents/1".
     """
+    return _write(path, latents_writer(z, metadata))
+
+
+def latents_writer(z: torch.Tensor, metadata: Mapping[str, Any]) -> Writer:
+    """The safetensors file save_latents writes."""
     if "format" in metadata:
         raise ValueError("metadata key 'format' is reserved")
     header: dict[str, str] = {}
@@ -219,7 +270,7 @@ def save_latents(path: str | Path, z: torch.Tensor, metadata: Mapping[str, Any])
         header[key] = json.dumps(_jsonable(value), allow_nan=False, ensure_ascii=False)
     header["format"] = LATENTS_FORMAT
     tensor = z.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    return _write(path, lambda tmp: save_file({LATENTS_KEY: tensor}, str(tmp), metadata=header))
+    return lambda tmp: save_file({LATENTS_KEY: tensor}, str(tmp), metadata=header)
 
 
 def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -259,15 +310,9 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Run ``write(tmp_path)`` inside atomic_write; OS failures become a one-line FastinvError."""
-    target = Path(path)
-    try:
-        with atomic_write(target) as tmp:
-            write(tmp)
-    except OSError as exc:
-        raise _error(f"cannot write {path}: {_reason(exc)}") from exc
-    return target
+def _write(path: str | Path, write: Writer) -> Path:
+    """One file through `publish_files`: staged, then renamed; write faults are one-line errors."""
+    return publish_files({Path(path): write})[0]
 
 
 def _open(path: Path, name: str, notes: list[str]) -> Image.Image:

@@ -1,18 +1,38 @@
 """What one inverted (or edited) image leaves on disk: z_T, the reconstruction and a metrics record; the
 source, the edit and a side-by-side PNG.
 
-Every file is written to a temporary name and renamed, so an interrupted run leaves nothing half-written.
+A set is written with `publish_files`: every file staged first, then renamed, the JSON record last, so an
+interrupted run leaves nothing half-written and no new file before its set is complete. Every file of a set
+carries the same run id (z_T metadata, PNG text chunk, JSON key), so `read_output_set` can refuse a set
+mixed from two runs (a re-run killed between two renames).
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from fastinv import __version__
 from fastinv.api import Edit, Inversion, Reconstruction
-from fastinv.io import pixels_to_pil, save_image, save_json, save_latents, save_png, side_by_side
+from fastinv.errors import FastinvError
+from fastinv.io import (
+    json_writer,
+    latents_writer,
+    load_latents,
+    pixels_to_pil,
+    png_writer,
+    publish_files,
+    side_by_side,
+)
 from fastinv.models import FlowModel
+
+RUN_ID = "run_id"
+INVERSION_FILES = (".zT.safetensors", ".recon.png", ".metrics.json")
+"""The files of one inverted image, `<stem><suffix>`; the last marks the set complete."""
 
 
 def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
@@ -46,18 +66,39 @@ def write_outputs(
     reconstruction: Reconstruction,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write `<stem>.zT.safetensors`, `.recon.png` and `.metrics.json` under `out`; return the record."""
-    record = inversion_record(model, inversion)
-    save_latents(out / f"{stem}.zT.safetensors", inversion.z_T.cpu(), record)
-    save_png(reconstruction.pixels, out / f"{stem}.recon.png")
+    """Publish `<stem>.zT.safetensors`, `.recon.png` and `.metrics.json` under `out` as one set (one run id);
+    return the record."""
+    record = inversion_record(model, inversion) | {RUN_ID: secrets.token_hex(8)}
+    latents = latents_writer(inversion.z_T.cpu(), record)
+    png = png_writer(pixels_to_pil(reconstruction.pixels), {RUN_ID: record[RUN_ID]})
     record |= {
         "nfe_inversion": inversion.result.nfe,
+        "solver_calls": inversion.result.solver_calls,
         "nfe_reconstruction": reconstruction.nfe,
         "seconds_inversion": inversion.result.seconds,
         "seconds_reconstruction": reconstruction.seconds,
         "metrics": metrics,
     }
-    save_json(record, out / f"{stem}.metrics.json")
+    zt, recon, metrics_file = (out / f"{stem}{suffix}" for suffix in INVERSION_FILES)
+    publish_files({zt: latents, recon: png, metrics_file: json_writer(record)})
+    return record
+
+
+def read_output_set(out: Path, stem: str) -> dict[str, Any] | None:
+    """The metrics record of `<stem>`'s complete output set in `out`; None when the set is incomplete
+    (a file missing); a one-line error when its files carry different run ids (two runs mixed)."""
+    zt, recon, metrics_file = (out / f"{stem}{suffix}" for suffix in INVERSION_FILES)
+    if not all(path.is_file() for path in (zt, recon, metrics_file)):
+        return None
+    try:
+        record = json.loads(metrics_file.read_text())
+        with Image.open(recon) as image:
+            png_id = image.text.get(RUN_ID) if hasattr(image, "text") else None
+    except (OSError, ValueError) as err:
+        raise FastinvError(f"cannot read the output set of {stem} in {out}: {err}") from err
+    ids = {record.get(RUN_ID) if isinstance(record, dict) else None, load_latents(zt)[1].get(RUN_ID), png_id}
+    if len(ids) != 1 or None in ids:
+        raise FastinvError(f"the output files of {stem} in {out} come from different runs: rerun that image")
     return record
 
 
@@ -74,26 +115,35 @@ def write_edit_outputs(
 
     metrics: {"reconstruction": …, "edit": …}, each scored against the source (Inverter.evaluate)."""
     inversion = edit.inversion
+    run = {RUN_ID: secrets.token_hex(8)}
     source = pixels_to_pil(inversion.image.pixels)
-    save_image(source, out / f"{stem}.source.png")
-    save_image(edit.edited.image, out / f"{stem}.edit.png")
     panels = [
         (f"source: {inversion.cond.prompt}", source),
         ("reconstruction", reconstruction.image),
         (f"edit: {edit.target_prompt}", edit.edited.image),
     ]
-    save_image(side_by_side(panels), out / f"{stem}.side_by_side.png")
-    record = inversion_record(model, inversion) | {
-        "target_prompt": edit.target_prompt,
-        "edit_guidance": edit.guidance,
-        "edit_technique": "RF-Inversion controlled sampling ODE (Rout et al., arXiv:2410.10792, Alg. 2)",
-        "strength": edit.strength,
-        "stop": edit.stop,
-        "nfe_inversion": inversion.result.nfe,
-        "nfe_edit": edit.edited.nfe,
-        "seconds_inversion": inversion.result.seconds,
-        "seconds_edit": edit.edited.seconds,
-        "metrics": metrics,
-    }
-    save_json(record, out / f"{stem}.edit.json")
+    record = (
+        inversion_record(model, inversion)
+        | run
+        | {
+            "target_prompt": edit.target_prompt,
+            "edit_guidance": edit.guidance,
+            "edit_technique": "RF-Inversion controlled sampling ODE (Rout et al., arXiv:2410.10792, Alg. 2)",
+            "strength": edit.strength,
+            "stop": edit.stop,
+            "nfe_inversion": inversion.result.nfe,
+            "nfe_edit": edit.edited.nfe,
+            "seconds_inversion": inversion.result.seconds,
+            "seconds_edit": edit.edited.seconds,
+            "metrics": metrics,
+        }
+    )
+    publish_files(
+        {
+            out / f"{stem}.source.png": png_writer(source, run),
+            out / f"{stem}.edit.png": png_writer(edit.edited.image, run),
+            out / f"{stem}.side_by_side.png": png_writer(side_by_side(panels), run),
+            out / f"{stem}.edit.json": json_writer(record),
+        }
+    )
     return record

@@ -37,10 +37,14 @@ class SourceControl:
     @staticmethod
     def check(strength: float, stop: float) -> None:
         """One-line errors for a strength or a stop fraction outside [0, 1] (callers check before work)."""
-        if not 0.0 <= strength <= 1.0:
-            raise FastinvError(f"edit strength must be in [0, 1], got {strength}")
-        if not 0.0 <= stop <= 1.0:
-            raise FastinvError(f"edit stop must be a fraction of the steps in [0, 1], got {stop}")
+
+        def number(value: object) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+
+        if not number(strength) or not 0.0 <= strength <= 1.0:
+            raise FastinvError(f"edit strength must be a number in [0, 1], got {strength!r}")
+        if not number(stop) or not 0.0 <= stop <= 1.0:
+            raise FastinvError(f"edit stop must be a fraction of the steps in [0, 1], got {stop!r}")
 
     def steps(self, n: int) -> int:
         """How many of n sampling steps are controlled (0 when η = 0)."""

@@ -127,7 +127,7 @@ def test_info(capsys) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--steps", "0"], "--steps must be at least 1"),
+        (["--steps", "0"], "steps must be at least 1"),
         (["--method", "magic"], "unknown method 'magic'"),
         (["--set", "iterations=3"], "method 'euler' has no option iterations"),
         (["--device", "cuda"], "sees no CUDA GPU"),

@@ -12,6 +12,7 @@ from fastinv.methods.deepinv import invert_deepinv
 from fastinv.methods.easyinv import invert_easyinv
 from fastinv.methods.euler import invert_euler
 from fastinv.methods.gnri import invert_gnri
+from fastinv.methods.options import check_option_values
 from fastinv.methods.preciseinv import invert_preciseinv
 from fastinv.methods.renoise import invert_renoise
 from fastinv.methods.rf_solver import invert_fireflow, invert_rf_solver
@@ -45,12 +46,14 @@ def method_options(name: str) -> dict[str, Any]:
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """`options` unchanged if method `name` takes them all; a one-line error naming the unknown ones."""
+    """`options` unchanged if method `name` takes them all with allowed values (`options.RULES`); a
+    one-line error naming an unknown option, or an option and what it allows."""
     known = method_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
         accepted = ", ".join(known) or "none"
         raise FastinvError(f"method {name!r} has no option {', '.join(unknown)} (its options: {accepted})")
+    check_option_values(name, options)
     return options
 
 

@@ -79,11 +79,16 @@ def inspect_folder(model_dir: Path) -> tuple[str, Path, dict[str, Any] | None]:
 
 
 def _load(what: str, loader: Any, folder: Path, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(folder)` with its parameters in `dtype`: from_pretrained(dtype=...) can leave
+    them in float32, so they are cast explicitly."""
     try:
-        return loader.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+        loaded = loader.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FastinvError(f"incomplete model folder {folder}: cannot load {what}: {reason}") from err
+    if isinstance(loaded, torch.nn.Module) and any(p.dtype != dtype for p in loaded.parameters()):
+        loaded = loaded.to(dtype=dtype)
+    return loaded
 
 
 def _has_component(model_dir: Path, index: dict[str, Any] | None, name: str) -> bool:

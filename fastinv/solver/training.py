@@ -256,7 +256,13 @@ class SolverTrainer:
     """Holds the run's state; `run()` trains from `position` to the end of the last round."""
 
     def __init__(
-        self, model: FlowModel, config: SolverTrainConfig, images: str | Path, out: Path, resume: bool = False
+        self,
+        model: FlowModel,
+        config: SolverTrainConfig,
+        images: str | Path,
+        out: Path,
+        resume: bool = False,
+        force: bool = False,
     ) -> None:
         self.model, self.config, self.out = model, config, out
         self.rank, self.world = _world()
@@ -279,6 +285,10 @@ class SolverTrainer:
                 f"{err} (preset {config.preset!r}: choose another with --set preset=...)"
             ) from None
         found = checkpoints.latest(out)
+        if (out / "solver").exists() and not (resume or force):
+            raise FastinvError(
+                f"{out / 'solver'} exists: pass --force to replace it, or choose another --out"
+            )
         if found is not None and not resume:
             raise FastinvError(f"{out} already holds a checkpoint: pass --resume, or choose another --out")
         if found is None and resume:
@@ -503,10 +513,18 @@ def train_solver(
     out: Path,
     *,
     resume: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train a DeepInv solver for `model` on `images` ("skimage" or a folder); write it to out/solver."""
-    out.mkdir(parents=True, exist_ok=True)
-    return SolverTrainer(model, config, images, out, resume).run()
+    """Train a DeepInv solver for `model` on `images` ("skimage" or a folder); write it to out/solver.
+
+    An existing out/solver is replaced only with `force` (or when resuming the run that will write it)."""
+    if out.exists() and not out.is_dir():
+        raise FastinvError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FastinvError(f"cannot create --out {out}: {err.strerror or err}") from err
+    return SolverTrainer(model, config, images, out, resume, force).run()
 
 
 __all__ = ["DEFAULT_RECIPE", "SolverTrainConfig", "train_solver"]
