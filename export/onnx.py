@@ -10,7 +10,9 @@ atomically; weights go to external data above protobuf's 2 GiB limit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from fastinv.models.base import FlowModel
 from fastinv.runtime.ort import OrtGraph
 from fastinv.runtime.spec import Axis, GraphSpec
 from fastinv.runtime.trt import TrtGraph
+from fastinv.runtime.weights import weights_digest
 from fastinv.solver.model import SolverNetwork, TorchSolver, solver_family
 
 from .graphs import ExportGraph, solver_graph, velocity_graph
@@ -53,7 +56,10 @@ def export_velocity(
     64×64) if it has one, else dynamic. Load the model in `precision` to avoid a converted weight copy.
     """
     graph = velocity_graph(model, precision, size)
-    return export_graph(graph, path, precision, source=model.name, opset=opset, external_data=external_data)
+    weights = "" if model.weights_dir is None else weights_digest(model.weights_dir)
+    return export_graph(
+        graph, path, precision, source=model.name, weights=weights, opset=opset, external_data=external_data
+    )
 
 
 def export_solver(
@@ -67,8 +73,12 @@ def export_solver(
 ) -> Path:
     """Write the solver's graph to `path` (.onnx); size: latent (height, width) to fix, or None."""
     graph = solver_graph(solver, precision, size)
-    source = str(graph.network.config.get("_name_or_path", type(graph.network).__name__))
-    return export_graph(graph, path, precision, source=source, opset=opset, external_data=external_data)
+    folder = graph.network.config.get("_name_or_path")
+    source = str(folder or type(graph.network).__name__)
+    weights = weights_digest(folder) if folder and Path(folder).is_dir() else ""
+    return export_graph(
+        graph, path, precision, source=source, weights=weights, opset=opset, external_data=external_data
+    )
 
 
 def export_model(
@@ -133,19 +143,21 @@ def export_graph(
     precision: str,
     *,
     source: str = "",
+    weights: str = "",
     opset: int | None = None,
     external_data: bool | None = None,
 ) -> Path:
-    """Trace `graph` (example batch 2; see graphs.EXAMPLE), post-process, check and write it to `path`."""
+    """Trace `graph` (example batch 2; see graphs.EXAMPLE), post-process, check and write it to `path`;
+    `weights`: the digest of the folder the network's weights came from (recorded in the spec)."""
     opset = opset if opset is not None else (BF16_OPSET if precision == "bf16" else OPSET)
     if opset < OPSET or (precision == "bf16" and opset < BF16_OPSET):
         raise FastinvError(f"opset {opset} is too old: fastinv needs ≥ {OPSET} (≥ {BF16_OPSET} for bf16)")
-    spec = graph.spec(precision, source)
+    spec = dataclasses.replace(graph.spec(precision, source), weights=weights)
     device = next(graph.parameters()).device
     example = {name: t.to(device) for name, t in random_inputs(spec, spec.example).items()}
     if external_data is None:
-        weights = sum(t.numel() * t.element_size() for t in (*graph.parameters(), *graph.buffers()))
-        external_data = weights > EXTERNAL_DATA_BYTES
+        nbytes = sum(t.numel() * t.element_size() for t in (*graph.parameters(), *graph.buffers()))
+        external_data = nbytes > EXTERNAL_DATA_BYTES
     with graph.patched(), torch.no_grad(), warnings.catch_warnings():
         # one Dim shared by several inputs is intended; the LeafSpec deprecation is torch-internal
         warnings.filterwarnings("ignore", message="# The axis name")
@@ -162,6 +174,7 @@ def export_graph(
         )
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(final)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.") as tmp:
         staged = Path(tmp) / final.name
         program.save(staged, external_data=external_data)
@@ -178,6 +191,18 @@ def export_graph(
     if stale.exists() and stale.name not in {f.name for f in written}:
         stale.unlink()
     return final
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove what an export of `final` killed midway left: its hidden staging folders and files
+    (`.<name>.*`, never published); returns them."""
+    stale = [p for p in final.parent.glob(f".{final.name}.*")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def random_inputs(spec: GraphSpec, sizes: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:

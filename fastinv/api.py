@@ -37,6 +37,7 @@ from fastinv.models.prompt_cache import PromptCache
 from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity
 from fastinv.runtime.fast_path import FastPath, compile_network
 from fastinv.runtime.graph import GraphSolver
+from fastinv.runtime.weights import expect_weights
 from fastinv.sampling import SourceControl, sample_euler
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
@@ -160,6 +161,8 @@ class Inverter:
         if self.engine_dir is not None:
             precision = precision_name(self.model.dtype)
             solver = engine_solver(self.engine, self.engine_dir, precision, self.model.device, config)
+            if solver is not None:
+                expect_weights(solver.graph.path, solver.graph.spec.weights, folder)
         if solver is None:
             if folder is None:
                 held = "" if self.engine_dir is None else f" and {self.engine_dir} holds no exported solver"

@@ -366,6 +366,7 @@ def train(
     import torch
 
     _quiet_libraries()
+    _check_out(out)
     from fastinv.api import load
     from fastinv.methods import parse_pairs
     from fastinv.solver.training import DEFAULT_RECIPE, SolverTrainConfig, train_solver
@@ -440,6 +441,7 @@ def export(
 
         tensorrt_module()  # before any work: one line when TensorRT is missing
     _quiet_libraries()
+    _check_out(out)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
     from fastinv.api import load
     from fastinv.export.onnx import check_parity, export_model
@@ -557,6 +559,7 @@ def bench(
     import logging
 
     _quiet_libraries()
+    _check_out(out)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
     from fastinv.bench import build_record, make_plan, report_tables, run_bench, write_report
 
@@ -660,6 +663,9 @@ def main(argv: list[str] | None = None) -> None:
     unexpected errors with their traceback); 130 / 143 on SIGINT / SIGTERM (outputs are staged and
     published atomically, so nothing half-written is left; `train` keeps its last complete checkpoint).
     """
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # read when those libraries load
+        os.environ.setdefault(variable, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _received.clear()
     handlers = {}
     if threading.current_thread() is threading.main_thread():

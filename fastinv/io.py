@@ -7,6 +7,7 @@ import json
 import math
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,26 @@ from fastinv.errors import FastinvError
 
 LATENTS_FORMAT = "fastinv-latents/1"
 LATENTS_KEY = "z_T"
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""The largest image (W·H) fastinv decodes unless FASTINV_MAX_PIXELS says otherwise: a small compressed
+file can decode to gigabytes (a 140 KB PNG of 144 megapixels took 4.6 GB), so the size is checked from the
+header, before decoding."""
+
+
+def max_pixels() -> int:
+    """The decode limit: $FASTINV_MAX_PIXELS (a positive integer) or DEFAULT_MAX_PIXELS."""
+    text = os.environ.get("FASTINV_MAX_PIXELS")
+    if text is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise FastinvError(f"FASTINV_MAX_PIXELS must be a positive integer, got {text!r}")
+    return value
+
 
 _FLOAT_SLACK = 1e-3  # float arrays may overshoot [0, 1] by this much (rounding noise) and are then clipped
 
@@ -318,9 +339,23 @@ def _write(path: str | Path, write: Writer) -> Path:
 def _open(path: Path, name: str, notes: list[str]) -> Image.Image:
     if not path.exists():
         raise _error(f"image not found: {name}")
+    limit = max_pixels()
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below replaces it
+            img = Image.open(path)
+        with img:
+            width, height = img.size  # from the header: nothing decoded yet
+            if width * height > limit:
+                raise _error(
+                    f"image {name} is {width}×{height} px ({width * height / 1e6:.0f} megapixels), over the "
+                    f"limit of {limit / 1e6:g} megapixels (FASTINV_MAX_PIXELS raises it)"
+                )
             return _prepare(img, notes)
+    except FastinvError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _error(f"image {name} is over the pixel limit: {exc} (FASTINV_MAX_PIXELS raises it)") from exc
     except Exception as exc:
         raise _error(f"cannot read image {name}: {_reason(exc)}") from exc
 

@@ -134,6 +134,7 @@ class FlowModel:
     notes: list[str] = field(default_factory=list)
     schedule_seq_len: Callable[[int, int], int] | None = None
     solver_dir: Path | None = None
+    weights_dir: Path | None = None
     prompt_cache: PromptCache = field(default_factory=PromptCache, repr=False)
 
     def sigmas(self, steps: int, latent_hw: tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,9 @@ encoders]) or a transformer folder (config.json + weights). Nothing is fetched f
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +44,34 @@ REQUIRED_TEXT = {"sd3": ("text_encoder", "text_encoder_2"), "flux": ("text_encod
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder (an untrusted file): one-line errors for anything else."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FastinvError(f"cannot read {path}: {err}") from err
+    if not isinstance(values, dict):
+        raise FastinvError(f"{path} must hold a JSON object, not {type(values).__name__}")
+    return values
+
+
+def _resolution(index: dict[str, Any] | None, model_dir: Path) -> tuple[int, int] | None:
+    """model_index.json's "resolution" [W, H] (positive integers), or None when absent."""
+    if index is None or "resolution" not in index:
+        return None
+    value = index["resolution"]
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 15 for v in value)
+    ):
+        raise FastinvError(
+            f"{model_dir / 'model_index.json'}: resolution must be [W, H] in pixels, got {value!r}"
+        )
+    return tuple(value)
 
 
 def _family(class_name: str, source: Path) -> str:
-    if class_name not in FAMILIES:
+    if not isinstance(class_name, str) or class_name not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
         raise FastinvError(f"unsupported model type {class_name!r} in {source} (supported: {supported})")
     return FAMILIES[class_name]
@@ -82,13 +104,42 @@ def _load(what: str, loader: Any, folder: Path, dtype: torch.dtype, **kwargs: An
     """`loader.from_pretrained(folder)` with its parameters in `dtype`: from_pretrained(dtype=...) can leave
     them in float32, so they are cast explicitly."""
     try:
-        loaded = loader.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+        with _diffusers_silent():  # its own report of a failed load would repeat ours
+            loaded = loader.from_pretrained(
+                folder, dtype=dtype, local_files_only=True, use_safetensors=True, **kwargs
+            )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FastinvError(f"incomplete model folder {folder}: cannot load {what}: {reason}") from err
+        raise FastinvError(
+            f"incomplete model folder {folder}: cannot load {what}: {_load_reason(err)}"
+        ) from err
     if isinstance(loaded, torch.nn.Module) and any(p.dtype != dtype for p in loaded.parameters()):
         loaded = loaded.to(dtype=dtype)
     return loaded
+
+
+@contextlib.contextmanager
+def _diffusers_silent() -> Iterator[None]:
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _load_reason(err: Exception) -> str:
+    """The line of a loading error that says what is wrong: a weight-shape mismatch names the tensor and
+    both shapes; a missing file says that only safetensors weights are read."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("size mismatch for"):
+            return f"weights do not fit the config: {line}"
+    text = lines[0] if lines else type(err).__name__
+    if "no file named" in text:
+        return f"{text} (only safetensors weights are loaded)"
+    return text
 
 
 def _has_component(model_dir: Path, index: dict[str, Any] | None, name: str) -> bool:
@@ -196,10 +247,11 @@ def load_model(
         scheduler_config=scheduler_config,
         size_multiple=codec.scale_factor * patch,
         max_side=max_side,
-        resolution=None if index is None or "resolution" not in index else tuple(index["resolution"]),
+        resolution=_resolution(index, model_dir),
         device=device,
         dtype=dtype,
         notes=notes,
         schedule_seq_len=seq_len,
         solver_dir=model_dir / "solver" if (model_dir / "solver" / "config.json").is_file() else None,
+        weights_dir=transformer_dir,
     )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastinv.errors import FastinvError
+from fastinv.io import publish_files
 from fastinv.runtime.profile import Profile
 from fastinv.runtime.spec import GraphSpec
 
@@ -61,16 +60,8 @@ def sidecar_path(engine: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` to a temporary file next to `path`, then rename it over `path` (`publish_files`)."""
+    publish_files({path: lambda tmp: tmp.write_bytes(data)})
 
 
 @dataclass(frozen=True)

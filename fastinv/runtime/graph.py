@@ -17,6 +17,7 @@ from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel, TransformerVelocity
 from fastinv.models.flux import DEFAULT_EMBEDDED_GUIDANCE
 from fastinv.runtime.spec import GraphSpec
+from fastinv.runtime.weights import expect_weights
 
 
 def graph_stem(kind: str, precision: str) -> str:
@@ -51,10 +52,12 @@ class GraphVelocity(TransformerVelocity):
 
     @staticmethod
     def expect_model(graph: Graph, model: FlowModel | None) -> None:
-        """One-line error unless `graph` was exported from `model`'s family and transformer config."""
+        """One-line error unless `graph` was exported from `model`'s family, config and weights."""
         network = getattr(model.velocity, "network", None) if model is not None else None
         if network is not None:
             graph.spec.expect_model(graph.path, model.family, network.config)
+        if model is not None:
+            expect_weights(graph.path, graph.spec.weights, model.weights_dir)
 
     def predict(
         self,

@@ -54,7 +54,8 @@ class GraphSpec:
     """kind: "velocity" | "solver"; family: "sd3" | "flux" | "deepinv" | "deepinv-warm"; precision: "fp32" |
     "bf16" | "fp16"
     (the network's dtype inside the graph; inputs and output are float32); inputs: name → dims, in graph
-    order; output: the output's name, shaped like input `output_like`; example: the axis sizes exported with.
+    order; output: the output's name, shaped like input `output_like`; example: the axis sizes exported with;
+    weights: the digest of the weights folder it was exported from (`fastinv.runtime.weights`), "" if none.
     """
 
     kind: str
@@ -67,6 +68,7 @@ class GraphSpec:
     example: dict[str, int] = field(default_factory=dict)
     source: str = ""
     version: str = ""
+    weights: str = ""
 
     def metadata(self) -> dict[str, str]:
         """The spec as ONNX metadata_props (string → string)."""
@@ -85,6 +87,7 @@ class GraphSpec:
             "example": json.dumps(self.example),
             "source": self.source,
             "version": self.version,
+            "weights": self.weights,
         }
         return {PREFIX + key: value for key, value in values.items()}
 

