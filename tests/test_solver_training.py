@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import cli
 from PIL import Image
 from skimage import data
 from tiny_models import SD3_JOINT_DIM, SD3_LATENT_CHANNELS, SD3_POOLED_DIM
@@ -305,3 +307,47 @@ def test_torchrun_two_processes_gloo(
     log = json.loads((out / "log.json").read_text())
     assert log["world_size"] == 2 and log["crops"] == 4 and log["optimizer_steps"] == 4  # 2 crops × 4 / 2
     assert fastinv.solver.load_solver(out / "solver").network.config.in_channels == SD3_LATENT_CHANNELS
+
+
+class NotATensor:
+    """Pickled into trainer.pt by the test below: weights_only loading must refuse to rebuild it."""
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("random", "cannot resume from"),
+        ("pickle", "cannot resume from"),
+        ("recipe", "the run was started with another recipe \\(epochs 1 → 2\\)"),
+        ("position", "cannot resume from"),
+    ],
+)
+def test_resume_failures_are_one_line(
+    tiny_sd3_dir: Path, images: Path, whole_run: Path, tmp_path: Path, damage: str, message: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    checkpoint = checkpoints.latest(run)
+    recipe = RECIPE
+    if damage == "random":
+        (checkpoint / "trainer.pt").write_bytes(os.urandom(256))
+    elif damage == "pickle":
+        torch.save({"optimizer": NotATensor(), "generator": None}, checkpoint / "trainer.pt")
+    elif damage == "recipe":
+        recipe = RECIPE | {"epochs": 2}
+    else:
+        (checkpoint / "position.json").write_text('{"round": "x", "nonsense": 1}')
+    model = fastinv.load(tiny_sd3_dir, device="cpu").model
+    config = SolverTrainConfig.read(DEFAULT_RECIPE, recipe | {"seed": 0})
+    with pytest.raises(FastinvError, match=message):
+        train_solver(model, config, images, run, resume=True)
+
+
+def test_an_existing_solver_is_replaced_only_with_force(
+    tiny_sd3_dir: Path, images: Path, recipe_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    (out / "solver").mkdir(parents=True)
+    base = ["train", "--model", str(tiny_sd3_dir), "--images", str(images), "--out", str(out)]
+    code, _, err = cli([*base, "--config", str(recipe_file)])
+    assert code == 2 and "exists: pass --force" in err

@@ -61,18 +61,38 @@ def save(
 
 
 def load(
-    folder: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
-):
-    """Restore network, optimizer and generator from checkpoint `folder`; returns its position dict."""
+    folder: Path,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    recipe: dict[str, Any],
+) -> dict[str, Any]:
+    """Restore network, optimizer and generator from checkpoint `folder` of a run of `recipe`; returns its
+    position dict. One-line errors for a checkpoint of another recipe and for damaged or foreign files
+    (trainer.pt is read with weights_only=True: a pickle of anything but tensors is refused)."""
     try:
+        theirs = json.loads((folder / "recipe.json").read_text())
+        mine = json.loads(json.dumps(recipe, sort_keys=True))
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if changed:
+            detail = ", ".join(f"{k} {theirs.get(k)!r} → {mine.get(k)!r}" for k in changed[:3])
+            raise FastinvError(
+                f"cannot resume from {folder}: the run was started with another recipe ({detail})"
+            )
         weights = load_file(folder / "solver" / "diffusion_pytorch_model.safetensors")
         network.load_state_dict(weights)
         state = torch.load(folder / "trainer.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        return json.loads((folder / "position.json").read_text())
-    except (OSError, KeyError, RuntimeError, ValueError) as err:
-        raise FastinvError(f"cannot resume from {folder}: {str(err).splitlines()[0]}") from err
+        position = json.loads((folder / "position.json").read_text())
+        if not isinstance(position, dict):
+            raise ValueError("position.json is not an object")
+        return position
+    except FastinvError:
+        raise
+    except Exception as err:  # OSError, a damaged safetensors, an unpickling refusal, a foreign state
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FastinvError(f"cannot resume from {folder}: {first}") from err
 
 
 def steps_path(out: Path, round_: int, part: int) -> Path:
