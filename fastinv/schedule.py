@@ -27,29 +27,43 @@ FLUX_SCHEDULER_DEFAULTS: dict[str, Any] = {
 
 
 def flow_sigmas(
-    scheduler_config: Mapping[str, Any], steps: int, *, image_seq_len: int | None = None
+    scheduler_config: Mapping[str, Any],
+    steps: int,
+    *,
+    image_seq_len: int | None = None,
+    family: str = "sd3",
 ) -> torch.Tensor:
-    """N+1 sigmas for `steps` Euler steps, as the diffusers pipelines compute them.
+    """N+1 sigmas for `steps` Euler steps, exactly as the family's diffusers pipeline computes them.
 
-    Static shift (SD3): `set_timesteps(steps)`. Dynamic shift (FLUX): σ = linspace(1, 1/N, N) shifted by
-    μ = calculate_shift(image_seq_len, …) where image_seq_len is the number of packed latent tokens.
+    Static shift: `set_timesteps(steps)` (both families). Dynamic shift, with μ = calculate_shift(
+    image_seq_len, …) from the scheduler config:
+    - SD3 (StableDiffusion3Pipeline): `set_timesteps(steps, mu=μ)` on the scheduler's own timestep grid;
+      image_seq_len = (latent h / patch)·(latent w / patch); max_shift defaults to 1.16 there;
+    - FLUX (FluxPipeline): σ = linspace(1, 1/N, N) passed as `sigmas`, shifted by μ; image_seq_len = the
+      packed 2×2 tokens; max_shift defaults to 1.15 (FLUX_SCHEDULER_DEFAULTS).
     """
-    if steps < 1:
-        raise FastinvError(f"steps must be at least 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise FastinvError(f"steps must be at least 1, got {steps!r}")
+    if family not in ("sd3", "flux"):
+        raise ValueError(f"family must be 'sd3' or 'flux', got {family!r}")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     if scheduler.config.use_dynamic_shifting:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # imports transformers: only here
 
         if image_seq_len is None:
             raise ValueError("a dynamically shifted schedule needs image_seq_len")
+        config = dict(scheduler_config)  # the pipelines read these with their own fallbacks
         mu = calculate_shift(
             image_seq_len,
-            scheduler.config.base_image_seq_len,
-            scheduler.config.max_image_seq_len,
-            scheduler.config.base_shift,
-            scheduler.config.max_shift,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.16 if family == "sd3" else 1.15),
         )
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps).tolist(), mu=mu)
+        if family == "sd3":
+            scheduler.set_timesteps(steps, mu=mu)
+        else:
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps).tolist(), mu=mu)
     else:
         scheduler.set_timesteps(steps)
     return scheduler.sigmas.to(torch.float64).cpu()

@@ -140,7 +140,7 @@ class FlowModel:
     def sigmas(self, steps: int, latent_hw: tuple[int, int]) -> torch.Tensor:
         """The N+1 sampling sigmas (1 → 0, float64) for `steps` steps at latent size (h, w)."""
         seq_len = None if self.schedule_seq_len is None else self.schedule_seq_len(*latent_hw)
-        return flow_sigmas(self.scheduler_config, steps, image_seq_len=seq_len)
+        return flow_sigmas(self.scheduler_config, steps, image_seq_len=seq_len, family=self.family)
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prompt_embeds [1, L, D], pooled [1, P] | None) for `prompt` on the model's device, from the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,11 @@ def _prompt_encoder(
     return PipelinePrompts(pipeline.to(device), family, device)
 
 
+def patch_tokens(latent_height: int, latent_width: int, *, patch: int) -> int:
+    """SD3's image_seq_len: (h / patch)·(w / patch) latent tokens (StableDiffusion3Pipeline, step 5)."""
+    return (latent_height // patch) * (latent_width // patch)
+
+
 def load_model(
     model_dir: str | Path | None = None,
     *,
@@ -232,7 +238,7 @@ def load_model(
         velocity = SD3Velocity(network, dtype)
         patch = network.config.patch_size
         max_side = velocity.max_side * codec.scale_factor
-        seq_len = None
+        seq_len = partial(patch_tokens, patch=patch)  # SD3's image_seq_len for a dynamic shift
     else:
         from fastinv.models.flux import FluxVelocity, packed_seq_len  # FluxPipeline's packing helpers
 
