@@ -57,7 +57,7 @@ def test_sd3_sampling_matches_the_pipeline(
 def test_sd3_dynamic_shift_uses_the_pipelines_grid_not_flux_linspace(
     tiny_sd3_dir: Path, tmp_path: Path
 ) -> None:
-    """SD3 shifts its own timestep grid by μ; FLUX's linspace(1, 1/N, N) would differ by up to ~0.15 at N = 10."""
+    """SD3 shifts its own timestep grid by μ; FLUX's linspace(1, 1/N, N) differs by ≤ 0.15 at N = 10."""
     model = fastinv.load(_sd3_folder(tiny_sd3_dir, tmp_path, True), device="cpu").model
     sd3 = model.sigmas(10, (64, 64))
     as_flux = fastinv.schedule.flow_sigmas(model.scheduler_config, 10, image_seq_len=32 * 32, family="flux")
