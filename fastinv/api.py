@@ -102,13 +102,15 @@ class Reconstruction:
 @dataclass
 class Edit:
     """An edit: the source's inversion and the regeneration from its z_T with the target prompt, held to
-    the source by strength η over the first `stop` fraction of the steps (`sampling.SourceControl`)."""
+    the source by strength η over the sampling steps in [start, stop), as fractions of the steps
+    (`sampling.SourceControl`)."""
 
     inversion: Inversion
     target_prompt: str
     guidance: float
     strength: float
     stop: float
+    start: float
     edited: Reconstruction
 
 
@@ -349,15 +351,16 @@ class Inverter:
         inversion_guidance: float = 1.0,
         strength: float = 0.9,
         stop: float = 0.25,
+        start: float = 0.0,
         embedded_guidance: float | None = None,
         callback: StepCallback | None = None,
         **options: Any,
     ) -> Edit:
         """Invert `image` with `source_prompt` (guidance `inversion_guidance`), then regenerate from z_T with
         `target_prompt` (guidance `guidance`), held to the source by RF-Inversion's controlled ODE
-        (`sampling.SourceControl`: strength η, the first `stop` fraction of the steps). An Inversion
+        (`sampling.SourceControl`: strength η over the steps in [start, stop), fractions). An Inversion
         is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration."""
-        SourceControl.check(strength, stop)  # before any work
+        SourceControl.check(strength, stop, start)  # before any work
         check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
         check_request(steps=steps, prompt=source_prompt, guidance=inversion_guidance)
         if isinstance(image, Inversion):
@@ -374,9 +377,9 @@ class Inverter:
                 **options,
             )
         cond = self.model.conditioning(target_prompt, guidance, embedded_guidance)
-        control = SourceControl(inversion.x0, strength, stop)
+        control = SourceControl(inversion.x0, strength, stop, start)
         edited = self._regenerate(inversion, cond, control, callback)
-        return Edit(inversion, target_prompt, guidance, strength, stop, edited)
+        return Edit(inversion, target_prompt, guidance, strength, stop, start, edited)
 
     def evaluate(self, inversion: Inversion, reconstruction: Reconstruction) -> dict[str, Any]:
         """PSNR, SSIM, LPIPS and pixel MSE of the reconstruction vs the input; MSE of the latents vs x0."""

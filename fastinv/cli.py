@@ -205,7 +205,12 @@ def edit(
     strength: Annotated[
         float, typer.Option(help="RF-Inversion control η in [0, 1]: 1 holds the source's layout, 0 does not.")
     ] = 0.9,
-    stop: Annotated[float, typer.Option(help="Fraction of the sampling steps held to the source.")] = 0.25,
+    stop: Annotated[
+        float, typer.Option(help="End of the sampling steps held to the source (fraction, exclusive).")
+    ] = 0.25,
+    start: Annotated[
+        float, typer.Option(help="Start of the steps held to the source (fraction ≤ stop).")
+    ] = 0.0,
     embedded_guidance: EmbeddedGuidanceOption = None,
     embeddings: EmbeddingsOption = None,
     model: ModelOption = None,
@@ -233,7 +238,7 @@ def edit(
         raise FastinvError(f"image not found: {image}")
     check_request(steps=steps, prompt=source_prompt, guidance=inversion_guidance)
     check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
-    SourceControl.check(strength, stop)  # before loading
+    SourceControl.check(strength, stop, start)  # before loading
     _check_out(out)
     options = parse_options(method, set_ or [])
     with console.status(f"loading {model or 'the shipped default model'}"):
@@ -279,6 +284,7 @@ def edit(
             guidance=guidance,
             strength=strength,
             stop=stop,
+            start=start,
             embedded_guidance=embedded_guidance,
             callback=advance,
         )
@@ -287,7 +293,7 @@ def edit(
         "edit": inverter.evaluate(inversion, edited.edited),
     }
     write_edit_outputs(out, image.stem, inverter.model, edited, reconstruction, metrics)
-    table = Table(title=f"{method}, {steps} steps; edit η={strength}, first {stop:.0%} of the steps")
+    table = Table(title=f"{method}, {steps} steps; edit η={strength}, steps [{start:.0%}, {stop:.0%})")
     for column in ("vs source", "PSNR dB", "SSIM", "LPIPS", "s"):
         table.add_column(column, justify="left" if column == "vs source" else "right")
     for name, rec in (("reconstruction", reconstruction), ("edit", edited.edited)):

@@ -130,6 +130,7 @@ def write_edit_outputs(
             "edit_guidance": edit.guidance,
             "edit_technique": "RF-Inversion controlled sampling ODE (Rout et al., arXiv:2410.10792, Alg. 2)",
             "strength": edit.strength,
+            "start": edit.start,
             "stop": edit.stop,
             "nfe_inversion": inversion.result.nfe,
             "nfe_edit": edit.edited.nfe,

@@ -21,22 +21,25 @@ class SourceControl:
     """RF-Inversion's controlled sampling ODE (Rout et al., ICLR 2025, arXiv:2410.10792, Algorithm 2).
 
     In fastinv's σ convention the straight path from z at σ to the source latents x0 [B, C, H, W] has
-    velocity u = (z − x0)/σ. During the first round(stop·N) sampling steps the model's velocity (with
-    the target prompt) is pulled towards it, v ← v + η·(u − v); later steps follow the model alone.
-    strength η trades the source's layout (η → 1) against the edit (η = 0: plain regeneration). The
-    paper edits with η ≈ 0.9–1 over the first ~10–30 % of the steps; the defaults are η = 0.9, 25 %.
+    velocity u = (z − x0)/σ. During sampling steps int(start·N) ≤ i < int(stop·N) (the window of the
+    authors' diffusers pipeline, `start_timestep`/`stop_timestep`) the model's velocity (with the target
+    prompt) is pulled towards it, v ← v + η·(u − v); the other steps follow the model alone. strength η
+    trades the source's layout (η → 1) against the edit (η = 0: plain regeneration). The paper edits with
+    η ≈ 0.9–1 over the first ~10–30 % of the steps; the defaults are η = 0.9, steps [0, 25 %).
     """
 
     x0: torch.Tensor
     strength: float = 0.9
     stop: float = 0.25
+    start: float = 0.0
 
     def __post_init__(self) -> None:
-        self.check(self.strength, self.stop)
+        self.check(self.strength, self.stop, self.start)
 
     @staticmethod
-    def check(strength: float, stop: float) -> None:
-        """One-line errors for a strength or a stop fraction outside [0, 1] (callers check before work)."""
+    def check(strength: float, stop: float, start: float = 0.0) -> None:
+        """One-line errors for a strength or a start/stop fraction outside [0, 1] or start > stop (callers
+        check before work)."""
 
         def number(value: object) -> bool:
             return isinstance(value, int | float) and not isinstance(value, bool)
@@ -45,10 +48,14 @@ class SourceControl:
             raise FastinvError(f"edit strength must be a number in [0, 1], got {strength!r}")
         if not number(stop) or not 0.0 <= stop <= 1.0:
             raise FastinvError(f"edit stop must be a fraction of the steps in [0, 1], got {stop!r}")
+        if not number(start) or not 0.0 <= start <= stop:
+            raise FastinvError(f"edit start must be a fraction in [0, stop={stop}], got {start!r}")
 
-    def steps(self, n: int) -> int:
-        """How many of n sampling steps are controlled (0 when η = 0)."""
-        return round(self.stop * n) if self.strength > 0 else 0
+    def window(self, n: int) -> range:
+        """The controlled sampling steps of n (empty when η = 0); int() truncates, as in the authors' code."""
+        if self.strength == 0:
+            return range(0)
+        return range(int(self.start * n), min(int(self.stop * n), n))
 
 
 @torch.no_grad()
@@ -69,7 +76,7 @@ def sample_euler(
     """
     model = NFECounter(model)
     n = len(sigmas) - 1
-    controlled = 0 if control is None else control.steps(n)
+    controlled = range(0) if control is None else control.window(n)
     x0 = None if control is None else control.x0.float()
 
     def euler_step(z: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
@@ -85,7 +92,7 @@ def sample_euler(
     z = z.float()
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        eta = sigma_batch(control.strength if i < controlled else 0.0, z)
+        eta = sigma_batch(control.strength if i in controlled else 0.0, z)
         z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_next, z), eta)
         if callback is not None:
             callback(

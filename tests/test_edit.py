@@ -71,10 +71,44 @@ def test_control_is_one_step_of_the_paper_formula(inverter: fastinv.Inverter) ->
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("strength", "stop"), [(-0.1, 0.25), (1.5, 0.25), (0.9, -1.0), (0.9, 2.0)])
-def test_bad_control_is_a_one_line_error(strength: float, stop: float) -> None:
-    with pytest.raises(FastinvError, match=r"strength|stop"):
-        SourceControl(torch.zeros(1), strength, stop)
+def test_control_window_truncates_as_the_authors_pipeline() -> None:
+    """FluxRFInversionPipeline: int(start·N) ≤ i < min(int(stop·N), N); round() would take 3 steps of 10 at
+    0.25 and 2 of 7 at 0.3 where the authors take 2."""
+    x0 = torch.zeros(1)
+    assert SourceControl(x0, 0.9, stop=0.25).window(10) == range(0, 2)
+    assert SourceControl(x0, 0.9, stop=0.3).window(7) == range(0, 2)
+    assert SourceControl(x0, 0.9, stop=0.5, start=0.2).window(10) == range(2, 5)
+    assert SourceControl(x0, 0.9, stop=1.0).window(4) == range(0, 4)
+    assert SourceControl(x0, 0.0, stop=1.0).window(4) == range(0)
+
+
+def test_control_window_skips_the_steps_before_start(inverter: fastinv.Inverter) -> None:
+    """With start = 0.5 of 2 steps the first step is plain Euler and the second is controlled."""
+    model = inverter.model
+    cond = model.conditioning("a cat")
+    z, x0 = torch.randn(2, model.codec.channels, 8, 8, generator=torch.Generator().manual_seed(1)).chunk(2)
+    sigmas = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    control = SourceControl(x0, strength=1.0, stop=1.0, start=0.5)
+    got = sample_euler(model.velocity, z, sigmas, cond, control=control)
+    mid = z - 0.5 * model.velocity(z, torch.ones(1), cond)
+    expected = mid - 0.5 * ((mid - x0) / 0.5)  # η = 1: the straight path to x0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("strength", "stop", "start"),
+    [
+        (-0.1, 0.25, 0.0),
+        (1.5, 0.25, 0.0),
+        (0.9, -1.0, 0.0),
+        (0.9, 2.0, 0.0),
+        (0.9, 0.25, 0.5),
+        (0.9, 0.25, -0.1),
+    ],
+)
+def test_bad_control_is_a_one_line_error(strength: float, stop: float, start: float) -> None:
+    with pytest.raises(FastinvError, match=r"strength|stop|start"):
+        SourceControl(torch.zeros(1), strength, stop, start)
 
 
 @pytest.mark.parametrize("method", ["euler", "deepinv"])

@@ -23,6 +23,7 @@ from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.methods import invert_deepinv
 from fastinv.methods.base import sigma_batch, upward_steps
+from fastinv.methods.deepinv import in_window
 from fastinv.sampling import sample_euler
 from fastinv.schedule import flow_sigmas
 from fastinv.solver import PRESETS, DeepInvSolver, TorchSolver, WarmStartSolver, load_solver, preset
@@ -180,6 +181,12 @@ def test_deepinv_with_the_exact_fixed_point_inverts_exactly() -> None:
     assert res.nfe == 7 and field.batches[0] == 2
 
 
+def test_blend_window_is_strict_at_both_ends() -> None:
+    """The authors test start·T < k < end·T: at T = 20 the window (0.05, 0.4) is k = 2..7, not 1..7."""
+    assert [k for k in range(20) if in_window(k, 20, (0.05, 0.4))] == list(range(2, 8))
+    assert [k for k in range(10) if in_window(k, 10, (0.2, 0.6))] == [3, 4, 5]
+
+
 def test_deepinv_update_rule_and_blend() -> None:
     """z_{k+1} = z_k + h·S(v(z_k, σ_next), ...) with the optional 0.9/0.1 blend inside its window."""
     field = LinearField(0.5, torch.randn(1, 2, 4, 4))
@@ -198,7 +205,7 @@ def test_deepinv_update_rule_and_blend() -> None:
             s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
             z_next = z + float(sigma_next - sigma) * solver(field(z, s_next, COND), z, x0, s, s_next, COND)
             k = steps - 1 - i
-            z = (1 - blend) * z_next + blend * z if 0.05 * steps <= k < 0.4 * steps else z_next
+            z = (1 - blend) * z_next + blend * z if 0.05 * steps < k < 0.4 * steps else z_next
         res = invert_deepinv(field, x0, sigmas, COND, solver=solver, blend=blend)
         torch.testing.assert_close(res.z_T, z)
     with pytest.raises(FastinvError, match="needs a trained solver"):

@@ -23,9 +23,10 @@ REFERENCE_BLEND = {"blend": 0.1, "blend_window": (0.05, 0.4)}
 
 
 def in_window(k: int, n: int, window: tuple[float, float]) -> bool:
-    """Whether inversion step k (0 = the clean end) of n lies in the fractional `window` of the steps."""
+    """Whether inversion step k (0 = the clean end) of n lies strictly inside the fractional `window` of the
+    steps, start·n < k < end·n, as the authors' code tests it."""
     start, end = window
-    return start * n <= k < end * n
+    return start * n < k < end * n
 
 
 @torch.no_grad()

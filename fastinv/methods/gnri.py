@@ -4,8 +4,12 @@ As in the authors' code, the gradient of the scalar objective holds the model ou
 Changed for RF: ‖r‖₂ instead of ‖r‖₁ (with v fixed, the ‖r‖₁ Newton step moves every element by the same
 amount; the ‖r‖₂ one is exactly z ← F(z)); the prior multiplies ‖r‖ instead of being added (an added
 Gaussian NLL, ≈ ½ per element, never vanishes, so the Newton step for O = 0 overshoots by λ·G/‖r‖: tens
-of times at 50 steps); iterations start from the Euler guess, not z_{i+1}, so K = 0 is Euler and the
-result never scores worse than the Euler guess.
+of times at 50 steps); iterations start from the Euler guess, not z_{i+1}.
+As the authors: the prior's factor is detached in the Newton gradient, and a step returns F(best iterate)
+(one more fixed-point map, free: v(best) is known). Measured on the shipped model (6 held-out photos,
+PSNR at 10/25/50 steps): 24.10/37.11/48.68 dB returning the best iterate with the prior's gradient,
+28.42/48.00/65.37 dB as the authors. With the factor detached it cancels in the Newton step
+(O·∇O/‖∇O‖² = ‖r‖·∇‖r‖/‖∇‖r‖‖²): the prior only decides which iterate is kept.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ def gnri_objective(
 
     r = z − z_prev − h·v is the residual of the implicit step; G(z) = ‖z − (1−σ)·x0‖² / (2σ²·D) is the
     Gaussian prior term: the negative log-density, per element, of the forward marginal N((1−σ)·x0, σ²I).
+    The prior factor is detached (as the authors' code): ∇O = (1 + λ·G)·∇‖r‖_rms.
     """
     r = (z - z_prev - h * v).flatten(1)
     prior = (z - (1 - sigma) * x0).flatten(1).square().mean(1) / (2 * sigma**2)
-    return torch.linalg.vector_norm(r, dim=1) / r.shape[1] ** 0.5 * (1 + prior_weight * prior)
+    return torch.linalg.vector_norm(r, dim=1) / r.shape[1] ** 0.5 * (1 + prior_weight * prior.detach())
 
 
 @torch.no_grad()
@@ -62,10 +67,12 @@ def invert_gnri(
     With O(z) = `gnri_objective` (λ = `prior_weight`) and K = `iterations`, per step:
     z^0 = z_{i+1} + h·v(z_{i+1}, σ_{i+1}) (the Euler guess); z^{k+1} = z^k − O(z^k)·g / (‖g‖² + eps), the
     minimum-norm Newton step for O(z) = 0, g = ∇_z O(z^k) with v(z^k, σ_i) held fixed (no backprop through
-    the model); z_i = the iterate z^0 … z^K of lowest O, per sample. With λ = 0 the step is exactly
-    z^{k+1} = F(z^k); the prior multiplies the residual so the roots of r are kept.
-    NFE: 1 + N·(K+1), i.e. 2 per step at the default K = 1 (plus one at the start): each iterate's
-    v(·, σ_i) is one call, and the chosen one's is the next step's Euler velocity. K = 0 is Euler exactly.
+    the model); z* = the iterate z^0 … z^K of lowest O, per sample, and z_i = F(z*) = z_{i+1} + h·v(z*, σ_i).
+    With λ = 0 the Newton step is exactly z^{k+1} = F(z^k); the prior multiplies the residual so the roots
+    of r are kept. NFE: 1 + N·(K+1), i.e. 2 per step at the default K = 1 (plus one at the start): each
+    iterate's v(·, σ_i) is one call, and v(z*, σ_i) is reused as the next step's Euler velocity (not
+    recomputed at F(z*)). K = 0 is one warm-started fixed-point correction per step (`warm_fixed_point`,
+    but its first step starts from v at the known σ).
     The callback dict adds "objective": O of each chosen latent, [B].
     """
     if iterations < 0 or prior_weight < 0 or eps <= 0:
@@ -92,5 +99,6 @@ def invert_gnri(
                 # Newton–Raphson on the scalar O: the smallest Δ with O(z) + ∇O·Δ = 0
                 step = objective.detach() / (grad.flatten(1).square().sum(1) + eps)
                 iterate = iterate - step[:, None, None, None] * grad
+        z = z_prev + h * v  # F(best iterate)
         run.step(i, sigma, sigma_next, z, objective=best)
     return run.result(z)
