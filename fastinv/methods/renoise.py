@@ -45,16 +45,22 @@ def invert_renoise(
     accumulated as a weighted running sum (weight 1/m) in the fused update kernel.
     Averaging iterates equals the paper's averaging of the noise predictions (the step is affine in v).
 
+    The first guess's velocity is taken at the known σ_{i+1} (the authors' code: at the target σ_i).
+
     Editability regularisers (off by default; the paper's SD settings are lambda_ac=20, lambda_kl=0.065,
-    4 steps, 5 rolls): each renoising velocity's implied noise ε̂ = z + (1 − σ_i)·v is regularised by
-    `noise_regularization.regularize_noise` (x̂0 = z − σ_i·v held) before the update. lambda_kl > 0 costs
-    one more NFE per step: the reference noise at the forward-noised (1 − σ_i)·x0 + σ_i·ξ, ξ seeded by
-    `seed`. The paper's first-step schedule and noise correction are not included.
+    4 steps, 5 rolls), placed as in the authors' code: the average is of the raw velocities; each velocity
+    in the averaging window that drives a further iterate is regularised first, and so is the average
+    that makes the step. Regularising maps v at (z, σ) to its implied noise ε̂ = z + (1 − σ)·v, runs
+    `noise_regularization.regularize_noise` on it with x̂0 = z − σ·v held, and maps back. lambda_kl > 0
+    costs one more NFE per step: the reference noise at the forward-noised (1 − σ_i)·x0 + σ_i·ξ, with one
+    ξ per inversion drawn from `seed`. The paper's first-step schedule and noise correction are not included.
     """
     if iterations < 0 or average_last < 1:
         raise FastinvError(f"ReNoise needs iterations >= 0, average_last >= 1: {iterations}, {average_last}")
     run = InversionRun(model, x0, callback, keep_trajectory)
     generator = torch.Generator().manual_seed(seed)
+    # the reference's noise: one draw per inversion, as the authors
+    xi = torch.randn(x0.shape, generator=generator).to(x0.device) if lambda_kl > 0 else None
     regularize = lambda_ac > 0 or lambda_kl > 0
     averaged = min(average_last, iterations + 1)
     weights = [1 / averaged if j > iterations - averaged else 0.0 for j in range(iterations + 1)]
@@ -62,34 +68,42 @@ def invert_renoise(
     def renoise_step(
         z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, h: torch.Tensor
     ) -> torch.Tensor:
-        s = per_sample(target, z)
-        reference = None
-        if lambda_kl > 0:
-            xi = torch.randn(z.shape, generator=generator).to(z.device)
-            noised = (1 - s) * x0 + s * xi
-            reference = noised + (1 - s) * run.model(noised, target, cond)
         iterate, average = kernels.renoise_update(
             z, run.model(z, sigma, cond), h, torch.zeros_like(z), weights[0]
         )
         for weight in weights[1:]:
             # renoise: re-evaluate the velocity at the current estimate of z(σ_i)
-            v = run.model(iterate, target, cond)
-            if regularize:
-                clean, noise = iterate - s * v, iterate + (1 - s) * v
-                noise = regularize_noise(
-                    noise,
-                    reference,
-                    lambda_ac=lambda_ac,
-                    lambda_kl=lambda_kl,
-                    steps=regularization_steps,
-                    rolls=ac_rolls,
-                    generator=generator,
-                )
-                v = noise - clean
-            iterate, average = kernels.renoise_update(z, v, h, average, weight)
+            iterate, average = kernels.renoise_update(z, run.model(iterate, target, cond), h, average, weight)
         return average
 
-    step = run.graphed(renoise_step, enabled=not regularize)  # the regularisers draw host randomness
+    def regularized_step(
+        z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, h: torch.Tensor
+    ) -> torch.Tensor:
+        s = per_sample(target, z)
+        reference = None
+        if lambda_kl > 0:
+            noised = (1 - s) * x0.float() + s * xi
+            reference = noised + (1 - s) * run.model(noised, target, cond)
+
+        def regularized(noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+            options = {"lambda_ac": lambda_ac, "lambda_kl": lambda_kl, "steps": regularization_steps}
+            return regularize_noise(noise, reference, rolls=ac_rolls, generator=generator, **options) - clean
+
+        step = per_sample(h, z)
+        point, at = z, per_sample(sigma, z)
+        noise_average, clean_average = torch.zeros_like(z), torch.zeros_like(z)
+        for j, weight in enumerate(weights):
+            v = run.model(point, sigma if j == 0 else target, cond)
+            noise, clean = point + (1 - at) * v, point - at * v  # v = ε̂ − x̂0
+            # the average of the raw predictions (ε̂ and x̂0 are affine in v: their mean gives the mean v)
+            noise_average, clean_average = noise_average + weight * noise, clean_average + weight * clean
+            if weight and j < iterations:
+                v = regularized(noise, clean)
+            point, at = z + step * v, s
+        return z + step * regularized(noise_average, clean_average)
+
+    # the regularisers draw host randomness: never graphed
+    step = regularized_step if regularize else run.graphed(renoise_step)
     z = x0.float()
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = step_size(sigma, sigma_next, z)
