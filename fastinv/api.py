@@ -90,13 +90,15 @@ class Inversion:
 
 @dataclass
 class Reconstruction:
-    """The image regenerated from z_T alone: latents [1, C, h, w], pixels [1, 3, H, W] in [-1, 1]."""
+    """The image regenerated from z_T alone: latents [1, C, h, w], pixels [1, 3, H, W] in [-1, 1];
+    embedded_guidance: the value the regeneration ran with (FLUX-dev; None elsewhere)."""
 
     latents: torch.Tensor
     pixels: torch.Tensor
     nfe: int
     seconds: float
     image: Image.Image = field(repr=False)
+    embedded_guidance: float | None = None
 
 
 @dataclass
@@ -264,7 +266,7 @@ class Inverter:
         inversions: list[Inversion | None] = [None] * len(loaded)
         with self._lock:
             options, recorded = self._method_options(method, options)
-            cond = self.model.conditioning(prompt, guidance, embedded_guidance)
+            cond = self.model.conditioning(prompt, guidance, embedded_guidance, inverting=True)
             for indices in groups.values():
                 pixels = torch.cat([loaded[i].pixels for i in indices]).to(self.model.device)
                 x0 = self.model.codec.encode(pixels)
@@ -323,7 +325,8 @@ class Inverter:
                 )
             pixels = self.model.codec.decode(latents).cpu()
             seconds = clock.seconds()
-        return Reconstruction(latents, pixels, len(inversion.sigmas) - 1, seconds, pixels_to_pil(pixels))
+        steps = len(inversion.sigmas) - 1
+        return Reconstruction(latents, pixels, steps, seconds, pixels_to_pil(pixels), cond.embedded_guidance)
 
     def _check_inversion(self, inversion: Any) -> None:
         """TypeError for anything but an Inversion; a one-line error for one made by another model."""
@@ -334,10 +337,23 @@ class Inverter:
                 f"this inversion was made with {inversion.model_name}, not this inverter's {self.model.name}"
             )
 
-    def reconstruct(self, inversion: Inversion, *, callback: StepCallback | None = None) -> Reconstruction:
-        """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode."""
+    def reconstruct(
+        self,
+        inversion: Inversion,
+        *,
+        embedded_guidance: float | None = None,
+        callback: StepCallback | None = None,
+    ) -> Reconstruction:
+        """Regenerate from z_T alone with the same schedule and conditioning (Euler sampling), then decode.
+
+        `embedded_guidance` (FLUX-dev) defaults to the inversion's: the only exact inverse (a mismatch
+        raised the latent error 250–700× on tiny FLUX-dev, benchmarks/flux_guidance.py)."""
+        check_request(embedded_guidance=embedded_guidance)
         self._check_inversion(inversion)
-        return self._regenerate(inversion, inversion.cond, None, callback)
+        cond = inversion.cond
+        if embedded_guidance is not None and self.model.takes_embedded_guidance:
+            cond = dataclasses.replace(cond, embedded_guidance=embedded_guidance)
+        return self._regenerate(inversion, cond, None, callback)
 
     def edit(
         self,
@@ -353,16 +369,24 @@ class Inverter:
         stop: float = 0.25,
         start: float = 0.0,
         embedded_guidance: float | None = None,
+        inversion_embedded_guidance: float | None = None,
         callback: StepCallback | None = None,
         **options: Any,
     ) -> Edit:
         """Invert `image` with `source_prompt` (guidance `inversion_guidance`), then regenerate from z_T with
         `target_prompt` (guidance `guidance`), held to the source by RF-Inversion's controlled ODE
         (`sampling.SourceControl`: strength η over the steps in [start, stop), fractions). An Inversion
-        is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration."""
+        is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration.
+        FLUX-dev's embedded guidance: `inversion_embedded_guidance` (default 1) for the inversion,
+        `embedded_guidance` (default 3.5) for the regeneration."""
         SourceControl.check(strength, stop, start)  # before any work
         check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
-        check_request(steps=steps, prompt=source_prompt, guidance=inversion_guidance)
+        check_request(
+            steps=steps,
+            prompt=source_prompt,
+            guidance=inversion_guidance,
+            embedded_guidance=inversion_embedded_guidance,
+        )
         if isinstance(image, Inversion):
             self._check_inversion(image)
             inversion = image
@@ -373,7 +397,7 @@ class Inverter:
                 method=method,
                 steps=steps,
                 guidance=inversion_guidance,
-                embedded_guidance=embedded_guidance,
+                embedded_guidance=inversion_embedded_guidance,
                 **options,
             )
         cond = self.model.conditioning(target_prompt, guidance, embedded_guidance)

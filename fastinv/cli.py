@@ -46,7 +46,16 @@ SetOption = Annotated[
     typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. iterations=4."),
 ]
 EmbeddedGuidanceOption = Annotated[
-    float | None, typer.Option(help="Guidance value for guidance-distilled FLUX-dev (default 3.5).")
+    float | None,
+    typer.Option(
+        help="FLUX-dev embedded guidance of the inversion (default 1); the reconstruction uses it too."
+    ),
+]
+EditEmbeddedGuidanceOption = Annotated[
+    float | None, typer.Option(help="FLUX-dev embedded guidance of the edit's regeneration (default 3.5).")
+]
+InversionEmbeddedGuidanceOption = Annotated[
+    float | None, typer.Option(help="FLUX-dev embedded guidance of the edit's inversion (default 1).")
 ]
 EmbeddingsOption = Annotated[
     Path | None, typer.Option(help="Precomputed prompt embeddings (for folders without text encoders).")
@@ -211,7 +220,8 @@ def edit(
     start: Annotated[
         float, typer.Option(help="Start of the steps held to the source (fraction ≤ stop).")
     ] = 0.0,
-    embedded_guidance: EmbeddedGuidanceOption = None,
+    embedded_guidance: EditEmbeddedGuidanceOption = None,
+    inversion_embedded_guidance: InversionEmbeddedGuidanceOption = None,
     embeddings: EmbeddingsOption = None,
     model: ModelOption = None,
     solver: SolverOption = None,
@@ -236,7 +246,12 @@ def edit(
 
     if not image.is_file():
         raise FastinvError(f"image not found: {image}")
-    check_request(steps=steps, prompt=source_prompt, guidance=inversion_guidance)
+    check_request(
+        steps=steps,
+        prompt=source_prompt,
+        guidance=inversion_guidance,
+        embedded_guidance=inversion_embedded_guidance,
+    )
     check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     SourceControl.check(strength, stop, start)  # before loading
     _check_out(out)
@@ -271,7 +286,7 @@ def edit(
             method=method,
             steps=steps,
             guidance=inversion_guidance,
-            embedded_guidance=embedded_guidance,
+            embedded_guidance=inversion_embedded_guidance,
             callback=advance,
             **options,
         )

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
+DEFAULT_EMBEDDED_GUIDANCE = 3.5
+"""FLUX-dev's embedded guidance for sampling (FluxPipeline's default)."""
+INVERSION_EMBEDDED_GUIDANCE = 1.0
+"""FLUX-dev's embedded guidance for inverting (the RF-Solver/FireFlow authors'; flux_guidance.py)."""
+
 
 @dataclass(frozen=True)
 class Conditioning:

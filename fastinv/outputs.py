@@ -74,6 +74,7 @@ def write_outputs(
     record |= {
         "nfe_inversion": inversion.result.nfe,
         "solver_calls": inversion.result.solver_calls,
+        "reconstruction_embedded_guidance": reconstruction.embedded_guidance,
         "nfe_reconstruction": reconstruction.nfe,
         "seconds_inversion": inversion.result.seconds,
         "seconds_reconstruction": reconstruction.seconds,
@@ -128,6 +129,7 @@ def write_edit_outputs(
         | {
             "target_prompt": edit.target_prompt,
             "edit_guidance": edit.guidance,
+            "edit_embedded_guidance": edit.edited.embedded_guidance,
             "edit_technique": "RF-Inversion controlled sampling ODE (Rout et al., arXiv:2410.10792, Alg. 2)",
             "strength": edit.strength,
             "start": edit.start,

@@ -237,3 +237,23 @@ def test_cli_edit_errors(
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "fastinv-edit").exists()  # nothing written
+
+
+def test_flux_dev_inversion_and_regeneration_guidance_are_separate(
+    tiny_flux_dev_dir: Path, tiny_sd3_dir: Path, photos: list[np.ndarray]
+) -> None:
+    """FLUX-dev: inversion at 1 and edits at 3.5 unless set; the reconstruction matches the inversion's value
+    (the only exact inverse); every value is recorded. Models without the input record None."""
+    inverter = fastinv.load(tiny_flux_dev_dir, device="cpu")
+    inversion = inverter.invert(photos[0], steps=3)
+    assert inversion.cond.embedded_guidance == 1.0
+    assert inverter.reconstruct(inversion).embedded_guidance == 1.0
+    other = inverter.reconstruct(inversion, embedded_guidance=3.5)
+    assert other.embedded_guidance == 3.5
+    assert not torch.equal(other.latents, inverter.reconstruct(inversion).latents)
+    edit = inverter.edit(photos[0], target_prompt="a cat", steps=3, inversion_embedded_guidance=2.0)
+    assert edit.inversion.cond.embedded_guidance == 2.0 and edit.edited.embedded_guidance == 3.5
+    again = inverter.edit(inversion, target_prompt="a cat", embedded_guidance=5.0)
+    assert again.edited.embedded_guidance == 5.0
+    sd3 = fastinv.load(tiny_sd3_dir, device="cpu")
+    assert sd3.invert(photos[0], steps=2, embedded_guidance=2.0).cond.embedded_guidance is None

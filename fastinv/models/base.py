@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from fastinv.conditioning import Conditioning
+from fastinv.conditioning import DEFAULT_EMBEDDED_GUIDANCE, INVERSION_EMBEDDED_GUIDANCE, Conditioning
 from fastinv.errors import FastinvError
 from fastinv.kernels.reference import guided
 from fastinv.models.prompt_cache import PromptCache
@@ -135,6 +135,7 @@ class FlowModel:
     schedule_seq_len: Callable[[int, int], int] | None = None
     solver_dir: Path | None = None
     weights_dir: Path | None = None
+    takes_embedded_guidance: bool = False
     prompt_cache: PromptCache = field(default_factory=PromptCache, repr=False)
 
     def sigmas(self, steps: int, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -153,9 +154,23 @@ class FlowModel:
         return self.prompt_cache.get(prompt, encode)
 
     def conditioning(
-        self, prompt: str = "", guidance_scale: float = 1.0, embedded_guidance: float | None = None
+        self,
+        prompt: str = "",
+        guidance_scale: float = 1.0,
+        embedded_guidance: float | None = None,
+        *,
+        inverting: bool = False,
     ) -> Conditioning:
-        """Conditioning for `prompt`; CFG (guidance_scale != 1) adds the "" prompt as the null branch."""
+        """Conditioning for `prompt`; CFG (guidance_scale != 1) adds the "" prompt as the null branch.
+
+        For a model with an embedded-guidance input (FLUX-dev) an unset `embedded_guidance` becomes the
+        default of the phase: 1 for inverting (as the RF-Solver/FireFlow authors), 3.5 for sampling
+        (FluxPipeline's); other models record None.
+        """
+        if not self.takes_embedded_guidance:
+            embedded_guidance = None
+        elif embedded_guidance is None:
+            embedded_guidance = INVERSION_EMBEDDED_GUIDANCE if inverting else DEFAULT_EMBEDDED_GUIDANCE
         embeds, pooled = self.encode_prompt(prompt)
         null_embeds, null_pooled = self.encode_prompt("") if guidance_scale != 1.0 else (None, None)
         return Conditioning(

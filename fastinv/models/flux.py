@@ -8,10 +8,9 @@ from __future__ import annotations
 import torch
 from diffusers import FluxPipeline
 
-from fastinv.conditioning import Conditioning
+from fastinv.conditioning import DEFAULT_EMBEDDED_GUIDANCE, Conditioning
 from fastinv.models.base import TransformerVelocity
 
-DEFAULT_EMBEDDED_GUIDANCE = 3.5
 """FluxPipeline's default guidance_scale, fed to guidance-distilled (dev) transformers."""
 
 

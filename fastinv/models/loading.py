@@ -235,6 +235,7 @@ def load_model(
     prompts = _prompt_encoder(family, model_dir, index, embeddings_path, device, dtype)
 
     if family == "sd3":
+        embedded = False
         velocity = SD3Velocity(network, dtype)
         patch = network.config.patch_size
         max_side = velocity.max_side * codec.scale_factor
@@ -244,6 +245,7 @@ def load_model(
 
         velocity = FluxVelocity(network, dtype)
         patch, max_side, seq_len = 2, None, packed_seq_len
+        embedded = velocity.guidance_embeds
     return FlowModel(
         name=str(model_dir),
         family=family,
@@ -258,6 +260,7 @@ def load_model(
         dtype=dtype,
         notes=notes,
         schedule_seq_len=seq_len,
+        takes_embedded_guidance=embedded,
         solver_dir=model_dir / "solver" if (model_dir / "solver" / "config.json").is_file() else None,
         weights_dir=transformer_dir,
     )

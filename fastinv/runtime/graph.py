@@ -12,10 +12,9 @@ from typing import Any, Protocol
 
 import torch
 
-from fastinv.conditioning import Conditioning
+from fastinv.conditioning import DEFAULT_EMBEDDED_GUIDANCE, Conditioning
 from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel, TransformerVelocity
-from fastinv.models.flux import DEFAULT_EMBEDDED_GUIDANCE
 from fastinv.runtime.spec import GraphSpec
 from fastinv.runtime.weights import expect_weights
 
