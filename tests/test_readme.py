@@ -27,7 +27,12 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert namespace["x0_again"].shape == namespace["x0"].shape
 
 
-def test_readme_test_command_is_what_ci_runs() -> None:
-    command = re.search(r"## Tests\n\n```bash\n(.+?)\n```", README.read_text()).group(1)
+def test_readme_set_up_and_test_lines_are_what_ci_runs() -> None:
+    """CI runs the README's set-up block (install, then the main job), then its test line, in order."""
+    text = README.read_text()
+    set_up = re.search(r"## Set-up \(two commands\)\n\n```bash\n(.+?)\n```", text, flags=re.DOTALL).group(1)
+    command = re.search(r"## Tests\n\n```bash\n(.+?)\n```", text).group(1)
     ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1] == command
+    lines = [*set_up.splitlines(), command]
+    assert ci[-len(lines) :] == lines
+    assert "pip install" in lines[0] and "[dev," in lines[0]  # pytest and ruff come with the set-up
