@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,10 @@ def test_invert_writes_outputs(
         record = json.loads((out / f"{photo.stem}.metrics.json").read_text())
         assert record["nfe_inversion"] == 4 and record["nfe_reconstruction"] == 4
         assert np.isfinite(record["metrics"]["psnr"]) and -1 <= record["metrics"]["ssim"] <= 1
-        assert record["metrics"]["mse_latent"] >= 0
+        metrics = record["metrics"]
+        # PSNR on [0, 1] pixels is 10·log10(4 / MSE on [-1, 1] pixels): the record's figures agree
+        assert metrics["psnr"] == pytest.approx(10 * math.log10(4 / metrics["mse_pixel"]), rel=1e-4)
+        assert math.isfinite(metrics["mse_latent"]) and metrics["mse_latent"] > 0
         z_T, meta = load_latents(out / f"{photo.stem}.zT.safetensors")
         assert meta["method"] == "euler" and meta["prompt"] == "a photo" and len(meta["sigmas"]) == 5
         width, height = meta["size"]
