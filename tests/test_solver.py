@@ -22,8 +22,7 @@ import fastinv
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.methods import invert_deepinv
-from fastinv.methods.base import sigma_batch, upward_steps
-from fastinv.methods.deepinv import in_window
+from fastinv.methods.base import in_window, sigma_batch, upward_steps
 from fastinv.sampling import sample_euler
 from fastinv.schedule import flow_sigmas
 from fastinv.solver import PRESETS, DeepInvSolver, TorchSolver, WarmStartSolver, load_solver, preset
@@ -182,9 +181,10 @@ def test_deepinv_with_the_exact_fixed_point_inverts_exactly() -> None:
 
 
 def test_blend_window_is_strict_at_both_ends() -> None:
-    """The authors test start·T < k < end·T: at T = 20 the window (0.05, 0.4) is k = 2..7, not 1..7."""
-    assert [k for k in range(20) if in_window(k, 20, (0.05, 0.4))] == list(range(2, 8))
-    assert [k for k in range(10) if in_window(k, 10, (0.2, 0.6))] == [3, 4, 5]
+    """The authors test start·T < k < end·T on the inversion step k = T − 1 − i: at T = 20 the window
+    (0.05, 0.4) is k = 2..7, not 1..7."""
+    assert [19 - i for i in range(20) if in_window(i, 20, (0.05, 0.4))] == [7, 6, 5, 4, 3, 2]
+    assert [9 - i for i in range(10) if in_window(i, 10, (0.2, 0.6))] == [5, 4, 3]
 
 
 def test_deepinv_update_rule_and_blend() -> None:

@@ -127,6 +127,15 @@ def upward_steps(sigmas: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torc
         yield i, sigmas[i + 1], sigmas[i]
 
 
+def in_window(i: int, n: int, window: tuple[float, float]) -> bool:
+    """Whether the step of sampling index i (as `upward_steps` yields it) lies strictly inside the fractional
+    `window` of the n inversion steps counted from the clean end: start·n < k < end·n, k = n − 1 − i (the
+    authors' EasyInv and DeepInv code test their windows so)."""
+    start, end = window
+    k = n - 1 - i  # inversion step k: 0 is the first step up from the clean latent
+    return start * n < k < end * n
+
+
 class InversionRun:
     """The bookkeeping every method shares, so its function holds only the update rule.
 

@@ -11,6 +11,7 @@ from fastinv.methods.base import (
     InversionResult,
     InversionRun,
     StepCallback,
+    in_window,
     sigma_batch,
     step_size,
     upward_steps,
@@ -20,13 +21,6 @@ from fastinv.solver.model import SolverModel
 
 REFERENCE_BLEND = {"blend": 0.1, "blend_window": (0.05, 0.4)}
 """The authors' code: z ← 0.9·z + 0.1·z_prev for inversion steps between 5 % and 40 % of T."""
-
-
-def in_window(k: int, n: int, window: tuple[float, float]) -> bool:
-    """Whether inversion step k (0 = the clean end) of n lies strictly inside the fractional `window` of the
-    steps, start·n < k < end·n, as the authors' code tests it."""
-    start, end = window
-    return start * n < k < end * n
 
 
 @torch.no_grad()
@@ -81,7 +75,7 @@ def invert_deepinv(
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = step_size(sigma, sigma_next, z)
         s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
-        blended = blend > 0 and in_window(n - 1 - i, n, tuple(blend_window))
+        blended = blend > 0 and in_window(i, n, tuple(blend_window))
         z, eps = step(z, eps, s, s_next, h, (1 - blend) * h if blended else h)
         run.step(i, sigma, sigma_next, z)
     return run.result(z, solver_calls=n)

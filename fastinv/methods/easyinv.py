@@ -10,6 +10,7 @@ from fastinv.methods.base import (
     InversionResult,
     InversionRun,
     StepCallback,
+    in_window,
     sigma_batch,
     step_size,
     upward_steps,
@@ -63,7 +64,7 @@ def invert_easyinv(
     z = x0.float()
     z_prev = z
     for i, sigma, sigma_next in upward_steps(sigmas):
-        weight = eta if start * n < n - 1 - i < end * n else 1.0
+        weight = eta if in_window(i, n, (start, end)) else 1.0
         h = step_size(sigma, sigma_next, z)
         z, z_prev = step(z, z_prev, sigma_batch(sigma, z), h, sigma_batch(weight, z))
         run.step(i, sigma, sigma_next, z)
