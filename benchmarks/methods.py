@@ -42,8 +42,8 @@ from fastinv.training.photos import HELD_OUT, load_photo
 
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("euler", {}),
-    "easyinv (paper: η=0.5, 5–25 %)": ("easyinv", PAPER),
-    "easyinv (SDXL code: η=0.8, 85–95 %)": ("easyinv", SDXL_CODE),
+    "easyinv (paper: η=0.5 at 5–25 %)": ("easyinv", PAPER),
+    "easyinv (SDXL code: η=0.8 at 85–95 %)": ("easyinv", SDXL_CODE),
     "renoise (K=1)": ("renoise", {"iterations": 1}),
     "renoise (K=2)": ("renoise", {"iterations": 2}),
     "renoise (K=4)": ("renoise", {}),

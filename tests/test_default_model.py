@@ -48,16 +48,19 @@ def test_trained_model_inverts_better_with_more_steps(inverter: fastinv.Inverter
     assert psnrs[1] > psnrs[0] + 3, psnrs
 
 
-def test_shipped_solver_beats_euler_on_the_held_out_example(inverter: fastinv.Inverter) -> None:
-    """The trained DeepInv solver (the default for --method deepinv) beats Euler at equal steps and NFE on a
-    photo it never saw: the per-step correction it learned generalises."""
+def test_shipped_solver_beats_training_free_methods_on_the_held_out_example(
+    inverter: fastinv.Inverter,
+) -> None:
+    """The trained DeepInv solver (the default for --method deepinv) on a photo it never saw, 10 steps: far
+    above Euler (same NFE) and above warm_fixed_point (one more NFE; what the untrained solver computes)."""
     assert inverter.solver_dir == DEFAULT_MODEL / "solver"
     scores = {}
-    for method in ("euler", "deepinv"):
-        res = inverter.invert(EXAMPLE_IMAGE, method=method, steps=25)
-        assert res.result.nfe == 25
+    for method in ("euler", "warm_fixed_point", "deepinv"):
+        res = inverter.invert(EXAMPLE_IMAGE, method=method, steps=10)
+        assert res.result.nfe == (11 if method == "warm_fixed_point" else 10)
         scores[method] = inverter.evaluate(res, inverter.reconstruct(res))["psnr"]
-    assert scores["deepinv"] > scores["euler"] + 1, scores
+    assert scores["deepinv"] > 30 and scores["deepinv"] > scores["warm_fixed_point"] + 5, scores
+    assert scores["deepinv"] > scores["euler"] + 10, scores
 
 
 def test_cfg_changes_samples(inverter: fastinv.Inverter) -> None:
