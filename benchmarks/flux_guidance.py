@@ -13,7 +13,6 @@ values interact, not how a trained FLUX-dev edits). Writes flux_guidance.json.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_models import make_tiny_flux
 
 import fastinv
+from fastinv.bench.report import environment
 from fastinv.io import save_json
 from fastinv.methods import get_method
 from fastinv.sampling import sample_euler
@@ -89,8 +89,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folder": str(args.folder or "tiny random FLUX-dev (tests/tiny_models.make_tiny_flux)"),
         "steps": args.steps,
-        "hardware": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "fastinv": fastinv.__version__},
+        **environment(torch.device("cpu")),
         "rows": rows,
     }
     console.print(f"wrote {save_json(record, args.out / 'flux_guidance.json')}")

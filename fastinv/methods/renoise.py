@@ -61,6 +61,7 @@ def invert_renoise(
     generator = torch.Generator().manual_seed(seed)
     # the reference's noise: one draw per inversion, as the authors
     xi = torch.randn(x0.shape, generator=generator).to(x0.device) if lambda_kl > 0 else None
+    clean_x0 = x0.float()
     regularize = lambda_ac > 0 or lambda_kl > 0
     averaged = min(average_last, iterations + 1)
     weights = [1 / averaged if j > iterations - averaged else 0.0 for j in range(iterations + 1)]
@@ -82,14 +83,14 @@ def invert_renoise(
         s = per_sample(target, z)
         reference = None
         if lambda_kl > 0:
-            noised = (1 - s) * x0.float() + s * xi
+            noised = (1 - s) * clean_x0 + s * xi
             reference = noised + (1 - s) * run.model(noised, target, cond)
 
         def regularized(noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
             options = {"lambda_ac": lambda_ac, "lambda_kl": lambda_kl, "steps": regularization_steps}
             return regularize_noise(noise, reference, rolls=ac_rolls, generator=generator, **options) - clean
 
-        step = per_sample(h, z)
+        h_z = per_sample(h, z)
         point, at = z, per_sample(sigma, z)
         noise_average, clean_average = torch.zeros_like(z), torch.zeros_like(z)
         for j, weight in enumerate(weights):
@@ -99,12 +100,12 @@ def invert_renoise(
             noise_average, clean_average = noise_average + weight * noise, clean_average + weight * clean
             if weight and j < iterations:
                 v = regularized(noise, clean)
-            point, at = z + step * v, s
-        return z + step * regularized(noise_average, clean_average)
+            point, at = z + h_z * v, s
+        return z + h_z * regularized(noise_average, clean_average)
 
     # the regularisers draw host randomness: never graphed
     step = regularized_step if regularize else run.graphed(renoise_step)
-    z = x0.float()
+    z = clean_x0
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = step_size(sigma, sigma_next, z)
         z = step(z, sigma_batch(sigma, z), sigma_batch(sigma_next, z), h)

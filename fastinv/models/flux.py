@@ -11,8 +11,6 @@ from diffusers import FluxPipeline
 from fastinv.conditioning import DEFAULT_EMBEDDED_GUIDANCE, Conditioning
 from fastinv.models.base import TransformerVelocity
 
-"""FluxPipeline's default guidance_scale, fed to guidance-distilled (dev) transformers."""
-
 
 class FluxVelocity(TransformerVelocity):
     """v = FluxTransformer2DModel(pack(z), timestep = σ, ids, text, pooled[, guidance]), unpacked.
