@@ -1,7 +1,7 @@
 """The Python API for editing tools: load once, then invert and reconstruct images.
 
 inv = fastinv.load("path/to/sd3-folder", device="cuda")
-res = inv.invert("photo.png", prompt="a cat", method="euler", steps=28)
+res = inv.invert("photo.png", prompt="a cat", steps=28)  # method "auto": deepinv or warm_fixed_point
 rec = inv.reconstruct(res)          # rec.image is a PIL image
 print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
 
@@ -29,12 +29,20 @@ from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.io import LoadedImage, load_image, pixels_to_pil
 from fastinv.kernels import use_kernels
-from fastinv.methods import InversionResult, StepCallback, check_options, get_method, method_options
+from fastinv.methods import (
+    AUTO,
+    InversionResult,
+    StepCallback,
+    auto_method,
+    check_options,
+    get_method,
+    method_options,
+)
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
 from fastinv.models.prompt_cache import PromptCache
-from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity
+from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity, solver_exported
 from fastinv.runtime.fast_path import FastPath, compile_network
 from fastinv.runtime.graph import GraphSolver
 from fastinv.runtime.weights import expect_weights
@@ -157,6 +165,19 @@ class Inverter:
             self._solver = self._load_solver(self.solver_dir)
         return self._solver
 
+    @property
+    def has_solver(self) -> bool:
+        """Whether method deepinv can run: a solver folder, or an exported solver in engine_dir."""
+        if self.solver_dir is not None:
+            return True
+        precision = precision_name(self.model.dtype)
+        return self.engine_dir is not None and solver_exported(self.engine, self.engine_dir, precision)
+
+    def resolve_method(self, method: str) -> str:
+        """`method`, with "auto" (the default) resolved: deepinv where this inverter has a solver, else
+        warm_fixed_point."""
+        return auto_method(self.has_solver) if method == AUTO else method
+
     def _load_solver(self, folder: str | Path | None) -> TorchSolver | GraphSolver:
         """The solver of `folder` on this inverter's engine: its exported graph in engine_dir if there is
         one, else the torch solver; checked against the model."""
@@ -212,7 +233,7 @@ class Inverter:
         image: ImageSource | LoadedImage,
         *,
         prompt: str = "",
-        method: str = "euler",
+        method: str = AUTO,
         steps: int = 28,
         guidance: float = 1.0,
         embedded_guidance: float | None = None,
@@ -239,7 +260,7 @@ class Inverter:
         images: Sequence[ImageSource | LoadedImage],
         *,
         prompt: str = "",
-        method: str = "euler",
+        method: str = AUTO,
         steps: int = 28,
         guidance: float = 1.0,
         embedded_guidance: float | None = None,
@@ -257,6 +278,7 @@ class Inverter:
             raise TypeError(f"invert_batch takes a list of images, got {type(images).__name__}")
         if not images:
             raise FastinvError("no images to invert")
+        method = self.resolve_method(method)
         check_options(method, options)
         invert = get_method(method)
         loaded = [image if isinstance(image, LoadedImage) else self.prepare_image(image) for image in images]
@@ -361,7 +383,7 @@ class Inverter:
         *,
         source_prompt: str = "",
         target_prompt: str,
-        method: str = "euler",
+        method: str = AUTO,
         steps: int = 28,
         guidance: float = 1.0,
         inversion_guidance: float = 1.0,

@@ -39,7 +39,13 @@ ModelOption = Annotated[
 SolverOption = Annotated[
     Path | None, typer.Option(help="DeepInv solver folder for --method deepinv (default: MODEL/solver).")
 ]
-MethodOption = Annotated[str, typer.Option(help="Inversion method (see `fastinv info`).")]
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        help="Inversion method (see `fastinv info`); auto: deepinv where the model has a solver, "
+        "else warm_fixed_point."
+    ),
+]
 StepsOption = Annotated[int, typer.Option(help="Number of schedule steps N.")]
 SetOption = Annotated[
     list[str] | None,
@@ -122,7 +128,7 @@ def invert(
     example: Annotated[
         bool, typer.Option("--example", help="Also invert the photo shipped with fastinv.")
     ] = False,
-    method: MethodOption = "euler",
+    method: MethodOption = "auto",
     steps: StepsOption = 28,
     set_: SetOption = None,
     prompt: Annotated[str, typer.Option(help="Prompt used for inversion and reconstruction.")] = "",
@@ -167,6 +173,7 @@ def invert(
             cuda_graphs=cuda_graphs,
             kernels=kernels,
         )
+    method = inverter.resolve_method(method)
     loaded = {image: inverter.prepare_image(image) for image in images}
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
@@ -206,7 +213,7 @@ def edit(
     image: Annotated[Path, typer.Argument(help="The image to edit (any format PIL reads).")],
     target_prompt: Annotated[str, typer.Option(help="Prompt of the edit (the regeneration).")],
     source_prompt: Annotated[str, typer.Option(help="Prompt describing the image (the inversion).")] = "",
-    method: MethodOption = "euler",
+    method: MethodOption = "auto",
     steps: StepsOption = 28,
     set_: SetOption = None,
     guidance: Annotated[float, typer.Option(help="CFG scale of the regeneration (1 = off).")] = 1.0,
@@ -270,6 +277,7 @@ def edit(
             cuda_graphs=cuda_graphs,
             kernels=kernels,
         )
+    method = inverter.resolve_method(method)
     picture = inverter.prepare_image(image)
     for note in [*inverter.model.notes, *picture.notes]:
         console.print(f"[dim]{note}[/dim]")
@@ -652,7 +660,8 @@ def info() -> None:
     fast = FastPath.resolve(resolve_device("auto"), resolve_dtype("auto", resolve_device("auto")))
     kernels = "Triton on CUDA tensors" if triton_available() else "torch references (triton not installed)"
     table.add_row("fast path (torch engine)", f"{fast.describe()}; step kernels: {kernels}")
-    table.add_row("methods", ", ".join(METHODS))
+    methods = f"{', '.join(METHODS)}; default auto: deepinv with a solver, else warm_fixed_point"
+    table.add_row("methods", methods)
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")
     console.print(table)
 

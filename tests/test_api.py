@@ -38,10 +38,29 @@ def test_reconstruction_error_falls_with_steps(tiny_sd3_dir: Path, photo: np.nda
     inv = fastinv.load(tiny_sd3_dir, device="cpu")
     errors = []
     for steps in (2, 4, 8, 16):
-        res = inv.invert(photo, steps=steps)
+        res = inv.invert(photo, method="euler", steps=steps)
         errors.append(inv.evaluate(res, inv.reconstruct(res))["mse_latent"])
     assert errors == sorted(errors, reverse=True), errors
     assert errors[-1] < errors[0] / 4, errors
+
+
+def test_default_method_is_the_best_at_equal_cost(
+    tiny_sd3_dir: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    """auto: warm_fixed_point without a solver (N + 1 NFE); deepinv with one (N NFE + N solver calls)."""
+    inv = fastinv.load(tiny_sd3_dir, device="cpu")
+    assert not inv.has_solver
+    res = inv.invert(photo, steps=4)
+    assert (res.method, res.result.nfe, res.result.solver_calls) == ("warm_fixed_point", 5, 0)
+    with pytest.raises(FastinvError, match="method 'warm_fixed_point' has no option iterations"):
+        inv.invert(photo, steps=4, iterations=2)
+    tiny_solver().save_pretrained(tmp_path / "solver")
+    with_solver = fastinv.load(tiny_sd3_dir, device="cpu", solver=tmp_path / "solver")
+    assert with_solver.has_solver
+    res = with_solver.invert(photo, steps=4)
+    assert (res.method, res.result.nfe, res.result.solver_calls) == ("deepinv", 4, 4)
+    shipped = fastinv.load(device="cpu")
+    assert shipped.resolve_method("auto") == "deepinv" and shipped.resolve_method("euler") == "euler"
 
 
 def test_bad_arguments(tiny_sd3_dir: Path, photo: np.ndarray) -> None:

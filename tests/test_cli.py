@@ -62,14 +62,15 @@ def test_invert_writes_outputs(
     assert "PSNR dB" in stdout and "astronaut.png" in stdout
     for photo in photos:
         record = json.loads((out / f"{photo.stem}.metrics.json").read_text())
-        assert record["nfe_inversion"] == 4 and record["nfe_reconstruction"] == 4
+        # the default method, auto, is warm_fixed_point on a folder without a solver: N + 1 NFE
+        assert record["nfe_inversion"] == 5 and record["nfe_reconstruction"] == 4
         assert np.isfinite(record["metrics"]["psnr"]) and -1 <= record["metrics"]["ssim"] <= 1
         metrics = record["metrics"]
         # PSNR on [0, 1] pixels is 10·log10(4 / MSE on [-1, 1] pixels): the record's figures agree
         assert metrics["psnr"] == pytest.approx(10 * math.log10(4 / metrics["mse_pixel"]), rel=1e-4)
         assert math.isfinite(metrics["mse_latent"]) and metrics["mse_latent"] > 0
         z_T, meta = load_latents(out / f"{photo.stem}.zT.safetensors")
-        assert meta["method"] == "euler" and meta["prompt"] == "a photo" and len(meta["sigmas"]) == 5
+        assert meta["method"] == "warm_fixed_point" and meta["prompt"] == "a photo" and len(meta["sigmas"]) == 5
         width, height = meta["size"]
         assert Image.open(out / f"{photo.stem}.recon.png").size == (width, height)
         assert z_T.ndim == 4 and z_T.shape[0] == 1
@@ -133,7 +134,8 @@ def test_info(capsys) -> None:
     [
         (["--steps", "0"], "steps must be at least 1"),
         (["--method", "magic"], "unknown method 'magic'"),
-        (["--set", "iterations=3"], "method 'euler' has no option iterations"),
+        (["--method", "euler", "--set", "iterations=3"], "method 'euler' has no option iterations"),
+        (["--set", "iterations=3"], "--set needs an explicit --method"),
         (["--device", "cuda"], "sees no CUDA GPU"),
         (["--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["--model", "/nonexistent/model"], "model folder not found: /nonexistent/model"),

@@ -76,6 +76,14 @@ def engine_velocity(engine: str, folder: Path, model: FlowModel, precision: str)
     return TrtVelocity.load(folder, model=model, precision=precision)
 
 
+def solver_exported(engine: str, folder: Path, precision: str) -> bool:
+    """Whether `folder` holds an exported DeepInv solver of `precision` that `engine` runs."""
+    stem = graph_stem("solver", precision)
+    if engine == "ort":
+        return (folder / f"{stem}.onnx").is_file()
+    return any(folder.glob(f"{stem}.*.engine"))
+
+
 def engine_solver(
     engine: str,
     folder: Path,
@@ -85,18 +93,13 @@ def engine_solver(
 ) -> GraphSolver | None:
     """The exported DeepInv solver in `folder` run by `engine`, checked against a solver `config` when
     given; None when the folder holds no solver of that precision."""
-    stem = graph_stem("solver", precision)
+    if not solver_exported(engine, folder, precision):
+        return None
     if engine == "ort":
         from fastinv.runtime.ort import OrtSolver
 
-        path = folder / f"{stem}.onnx"
-        return (
-            OrtSolver.load(path, config=config, precision=precision, device=device)
-            if path.is_file()
-            else None
-        )
-    if not any(folder.glob(f"{stem}.*.engine")):
-        return None
+        path = folder / f"{graph_stem('solver', precision)}.onnx"
+        return OrtSolver.load(path, config=config, precision=precision, device=device)
     from fastinv.runtime.trt import TrtSolver
 
     return TrtSolver.load(folder, config=config, precision=precision, device=device)
