@@ -32,8 +32,10 @@ from rich.table import Table
 
 import fastinv
 from fastinv.api import Inverter
+from fastinv.display import fmt as _fmt
 from fastinv.io import atomic_write, pixels_to_pil, save_json
 from fastinv.models import DEFAULT_MODEL
+from fastinv.pipeline import InversionJob, round_trip
 from fastinv.sampling import sample_euler
 from fastinv.training.photos import CAPTIONS, HELD_OUT, load_photo
 
@@ -121,9 +123,9 @@ def invert_photos(
     per_photo = {}
     for name in photos:
         prompt = CAPTIONS[name] if captions else ""
-        res = inv.invert(load_photo(name), prompt=prompt, steps=steps, method=method, **(options or {}))
-        rec = inv.reconstruct(res)
-        metrics = inv.evaluate(res, rec)
+        job = InversionJob(prompt, method, steps, options=options or {})
+        trip = round_trip(inv, load_photo(name), job)
+        res, rec, metrics = trip.inversion, trip.reconstruction, trip.metrics
         per_photo[name] = {
             **{key: metrics[key] for key in (*METRICS, "mse_pixel", "mse_latent")},
             "nfe": res.result.nfe,
@@ -154,10 +156,6 @@ def readme_command(model: str | None, plan: Plan) -> dict[str, Any]:
         "seconds": seconds,
         "median_seconds": statistics.median(seconds),
     }
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def print_tables(samples: dict[str, Any], rows: list[dict[str, Any]], readme: dict[str, Any]) -> None:

@@ -17,9 +17,9 @@ except PackageNotFoundError:
 _EXPORTS = {
     "load": "fastinv.api",
     "Inverter": "fastinv.api",
-    "Inversion": "fastinv.api",
-    "Reconstruction": "fastinv.api",
-    "Edit": "fastinv.api",
+    "Inversion": "fastinv.results",
+    "Reconstruction": "fastinv.results",
+    "Edit": "fastinv.results",
     "Conditioning": "fastinv.conditioning",
     "FastinvError": "fastinv.errors",
     "METHODS": "fastinv.methods",

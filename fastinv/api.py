@@ -16,7 +16,6 @@ import dataclasses
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from fastinv.io import LoadedImage, load_image, pixels_to_pil
 from fastinv.kernels import use_kernels
 from fastinv.methods import (
     AUTO,
-    InversionResult,
     StepCallback,
     auto_method,
     check_options,
@@ -42,6 +40,7 @@ from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
 from fastinv.models.prompt_cache import PromptCache
+from fastinv.results import Edit, Inversion, Reconstruction
 from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity, solver_exported
 from fastinv.runtime.fast_path import FastPath, compile_network
 from fastinv.runtime.graph import GraphSolver
@@ -72,56 +71,6 @@ def check_request(
         raise FastinvError(f"guidance must be a finite number >= 0, got {guidance!r}")
     if embedded_guidance is not None and (not finite(embedded_guidance) or embedded_guidance < 0):
         raise FastinvError(f"embedded guidance must be a finite number >= 0, got {embedded_guidance!r}")
-
-
-@dataclass
-class Inversion:
-    """An inverted image: the method's result plus what is needed to regenerate it.
-
-    x0: [1, C, h, w] float32 clean latents of the input; sigmas: the N+1 float64 schedule used.
-    """
-
-    result: InversionResult
-    method: str
-    steps: int
-    sigmas: torch.Tensor
-    cond: Conditioning
-    image: LoadedImage
-    x0: torch.Tensor
-    options: dict[str, Any] = field(default_factory=dict)
-    model_name: str = ""
-
-    @property
-    def z_T(self) -> torch.Tensor:
-        return self.result.z_T
-
-
-@dataclass
-class Reconstruction:
-    """The image regenerated from z_T alone: latents [1, C, h, w], pixels [1, 3, H, W] in [-1, 1];
-    embedded_guidance: the value the regeneration ran with (FLUX-dev; None elsewhere)."""
-
-    latents: torch.Tensor
-    pixels: torch.Tensor
-    nfe: int
-    seconds: float
-    image: Image.Image = field(repr=False)
-    embedded_guidance: float | None = None
-
-
-@dataclass
-class Edit:
-    """An edit: the source's inversion and the regeneration from its z_T with the target prompt, held to
-    the source by strength η over the sampling steps in [start, stop), as fractions of the steps
-    (`sampling.SourceControl`)."""
-
-    inversion: Inversion
-    target_prompt: str
-    guidance: float
-    strength: float
-    stop: float
-    start: float
-    edited: Reconstruction
 
 
 class Inverter:

@@ -7,20 +7,22 @@ import platform
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from fastinv.display import fmt as _fmt
+from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
 
 if TYPE_CHECKING:
-    from fastinv.api import Inverter
-    from fastinv.io import LoadedImage
+    pass
 
 app = typer.Typer(
     help="Fast diffusion inversion for rectified-flow models (SD3, FLUX).",
@@ -106,10 +108,6 @@ def _quiet_libraries() -> None:
         logging.disable_progress_bar()
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _output_names(images: list[Path]) -> dict[Path, str]:
     stems: dict[str, Path] = {}
     for image in images:
@@ -151,6 +149,7 @@ def invert(
     from fastinv.api import check_request, load
     from fastinv.methods import parse_options
     from fastinv.models import EXAMPLE_IMAGE
+    from fastinv.pipeline import InversionJob, invert_to_files
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     _check_out(out)
@@ -183,13 +182,14 @@ def invert(
     table = Table(title=title)
     for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
         table.add_column(column, justify="left" if column == "image" else "right")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    options = {"prompt": prompt, "method": method, "steps": steps, "guidance": guidance, **method_options}
-    with Progress(*columns, console=console, transient=True) as progress:
+    job = InversionJob(prompt, method, steps, guidance, embedded_guidance, method_options)
+    with progress_bar(console) as progress:
         for image, picture in loaded.items():
             for note in picture.notes:
                 console.print(f"[dim]{image.name}: {note}[/dim]")
-            record = _invert_one(inverter, picture, out, names[image], progress, embedded_guidance, options)
+            hook, task = _stage_hook(progress, names[image], steps)
+            record = invert_to_files(inverter, picture, job, out, names[image], hook)
+            progress.remove_task(task)
             width, height = record["size"]
             metrics = record["metrics"]
             table.add_row(
@@ -248,7 +248,7 @@ def edit(
 
     from fastinv.api import check_request, load
     from fastinv.methods import parse_options
-    from fastinv.outputs import write_edit_outputs
+    from fastinv.pipeline import EditJob, InversionJob, edit_to_files
     from fastinv.sampling import SourceControl
 
     if not image.is_file():
@@ -281,41 +281,12 @@ def edit(
     picture = inverter.prepare_image(image)
     for note in [*inverter.model.notes, *picture.notes]:
         console.print(f"[dim]{note}[/dim]")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"{image.stem}: invert", total=3 * steps)
-
-        def advance(_: dict[str, Any]) -> None:
-            progress.advance(task)
-
-        inversion = inverter.invert(
-            picture,
-            prompt=source_prompt,
-            method=method,
-            steps=steps,
-            guidance=inversion_guidance,
-            embedded_guidance=inversion_embedded_guidance,
-            callback=advance,
-            **options,
-        )
-        progress.update(task, description=f"{image.stem}: reconstruct")
-        reconstruction = inverter.reconstruct(inversion, callback=advance)
-        progress.update(task, description=f"{image.stem}: edit")
-        edited = inverter.edit(
-            inversion,
-            target_prompt=target_prompt,
-            guidance=guidance,
-            strength=strength,
-            stop=stop,
-            start=start,
-            embedded_guidance=embedded_guidance,
-            callback=advance,
-        )
-    metrics = {
-        "reconstruction": inverter.evaluate(inversion, reconstruction),
-        "edit": inverter.evaluate(inversion, edited.edited),
-    }
-    write_edit_outputs(out, image.stem, inverter.model, edited, reconstruction, metrics)
+    job = InversionJob(source_prompt, method, steps, inversion_guidance, inversion_embedded_guidance, options)
+    target = EditJob(target_prompt, guidance, strength, stop, start, embedded_guidance)
+    with progress_bar(console) as progress:
+        hook, _ = _stage_hook(progress, image.stem, steps)
+        run = edit_to_files(inverter, picture, job, target, out, image.stem, hook)
+    metrics, reconstruction, edited = run.metrics, run.reconstruction, run.edit
     table = Table(title=f"{method}, {steps} steps; edit η={strength}, steps [{start:.0%}, {stop:.0%})")
     for column in ("vs source", "PSNR dB", "SSIM", "LPIPS", "s"):
         table.add_column(column, justify="left" if column == "vs source" else "right")
@@ -328,32 +299,24 @@ def edit(
     console.print(f"wrote {image.stem}.source.png, .edit.png, .side_by_side.png, .edit.json to {out}")
 
 
+def _stage_hook(progress: Progress, stem: str, steps: int) -> tuple[Callable[[str], None], TaskID]:
+    """A pipeline step hook that shows `stem`'s current stage (invert, reconstruct, edit), `steps` a stage."""
+    task = progress.add_task(stem, total=steps)
+    current: list[str] = []
+
+    def hook(stage: str) -> None:
+        if current != [stage]:
+            current[:] = [stage]
+            progress.update(task, description=f"{stem}: {stage}", completed=0)
+        progress.advance(task)
+
+    return hook, task
+
+
 def _check_out(out: Path) -> None:
     """One-line error, before any work, when --out cannot be a folder."""
     if out.exists() and not out.is_dir():
         raise FastinvError(f"--out {out} is a file, not a folder")
-
-
-def _invert_one(
-    inverter: Inverter,
-    picture: LoadedImage,
-    out: Path,
-    stem: str,
-    progress: Progress,
-    embedded_guidance: float | None,
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """Invert, reconstruct, evaluate and write one image, advancing a progress bar per step."""
-    from fastinv.outputs import write_outputs
-
-    task = progress.add_task(f"{stem}: invert", total=options["steps"])
-    res = inverter.invert(
-        picture, embedded_guidance=embedded_guidance, callback=lambda _: progress.advance(task), **options
-    )
-    progress.update(task, description=f"{stem}: reconstruct", completed=0)
-    rec = inverter.reconstruct(res, callback=lambda _: progress.advance(task))
-    progress.remove_task(task)
-    return write_outputs(out, stem, inverter.model, res, rec, inverter.evaluate(res, rec))
 
 
 @app.command()

@@ -17,7 +17,6 @@ from typing import Any
 from PIL import Image
 
 from fastinv import __version__
-from fastinv.api import Edit, Inversion, Reconstruction
 from fastinv.errors import FastinvError
 from fastinv.io import (
     json_writer,
@@ -29,6 +28,7 @@ from fastinv.io import (
     side_by_side,
 )
 from fastinv.models import FlowModel
+from fastinv.results import Edit, Inversion, Reconstruction
 
 RUN_ID = "run_id"
 INVERSION_FILES = (".zT.safetensors", ".recon.png", ".metrics.json")

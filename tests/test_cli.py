@@ -70,7 +70,8 @@ def test_invert_writes_outputs(
         assert metrics["psnr"] == pytest.approx(10 * math.log10(4 / metrics["mse_pixel"]), rel=1e-4)
         assert math.isfinite(metrics["mse_latent"]) and metrics["mse_latent"] > 0
         z_T, meta = load_latents(out / f"{photo.stem}.zT.safetensors")
-        assert meta["method"] == "warm_fixed_point" and meta["prompt"] == "a photo" and len(meta["sigmas"]) == 5
+        assert meta["method"] == "warm_fixed_point" and meta["prompt"] == "a photo"
+        assert len(meta["sigmas"]) == 5
         width, height = meta["size"]
         assert Image.open(out / f"{photo.stem}.recon.png").size == (width, height)
         assert z_T.ndim == 4 and z_T.shape[0] == 1

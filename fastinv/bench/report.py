@@ -23,6 +23,7 @@ from fastinv.bench.memory import PeakMemory
 from fastinv.bench.plan import BenchPlan
 from fastinv.bench.run import BenchResult
 from fastinv.bench.summary import SPREAD, Row, aggregate, summarize
+from fastinv.display import fmt as _fmt
 from fastinv.io import atomic_write, save_json
 
 FIDELITY_NOTE = (
@@ -97,12 +98,6 @@ class TextTable:
     columns: tuple[str, ...]
     rows: list[tuple[str, ...]]
     align: str
-
-
-def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def _nfe(value: float) -> str:

@@ -11,15 +11,17 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from fastinv.api import Inverter, load
 from fastinv.bench.cost import cost, solver_flop_ratio
 from fastinv.bench.memory import PeakMemory
 from fastinv.bench.plan import GUIDANCE, PROMPT, BenchPlan
 from fastinv.bench.summary import Row
+from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
 from fastinv.io import LoadedImage
+from fastinv.pipeline import InversionJob, invert_image, reconstruct_and_score
 
 
 @dataclass
@@ -70,10 +72,11 @@ def measure_image(
     the repeats)} plus, if `metrics`, inverter.evaluate's PSNR (dB), SSIM, LPIPS, pixel and latent MSE
     (deterministic, so measured once). `ratios` caches the solver's FLOP ratio per latent size.
     """
+    job = InversionJob(PROMPT, method, steps, GUIDANCE)
     seconds, peaks = [], []
     for _ in range(repeats):
         with PeakMemory(inverter.model.device) as memory:
-            inversion = inverter.invert(picture, prompt=PROMPT, guidance=GUIDANCE, method=method, steps=steps)
+            inversion = invert_image(inverter, picture, job)
         seconds.append(inversion.result.seconds)
         peaks.append(memory.mib)
     calls = inversion.result.solver_calls
@@ -88,7 +91,7 @@ def measure_image(
         "peak_mib": max(peaks),
     }
     if metrics:
-        row |= inverter.evaluate(inversion, inverter.reconstruct(inversion))
+        row |= reconstruct_and_score(inverter, inversion)[1]
     return row
 
 
@@ -108,7 +111,7 @@ def measure_combination(
     first = next(iter(pictures.values()))
     for _ in range(plan.warmup):
         progress.update(task, description=f"{unit} · warm-up")
-        inverter.invert(first, prompt=PROMPT, guidance=GUIDANCE, method=method, steps=steps)
+        invert_image(inverter, first, InversionJob(PROMPT, method, steps, GUIDANCE))
     rows = []
     for name, picture in pictures.items():
         progress.update(task, description=f"{unit} · {name}")
@@ -163,9 +166,8 @@ def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
     engine_dir = plan.engine_dir
     if "ort" in plan.engines and engine_dir is None:
         engine_dir = _export(plan, console)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     total = len(plan.engines) * len(plan.steps) * len(plan.methods) * len(plan.images)
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("loading", total=total)
         done = 0
         for engine in plan.engines:

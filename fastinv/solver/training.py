@@ -34,10 +34,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel
 
 from fastinv.conditioning import Conditioning
+from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
 from fastinv.io import atomic_write, publish_folder, save_json
 from fastinv.models.base import FlowModel
@@ -446,8 +447,7 @@ class SolverTrainer:
         start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
         if position.checkpoint == 0:
             self._checkpoint()  # the untrained solver: round 0 collection is resumable too
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, disable=self.rank != 0) as progress:
+        with progress_bar(console, transient=False, disable=self.rank != 0) as progress:
             while position.round < config.rounds:
                 if not position.collected:
                     self._collect(progress)

@@ -1,0 +1,164 @@
+"""The data path for one image, top to bottom. Every caller runs it from here (the CLI's invert and edit,
+`fastinv bench`, the benchmarks); none re-assembles it.
+
+    1. image (file, PIL, array) → pixels fitted to the model           Inverter.prepare_image
+    2. pixels → latents x0 → z_T by the method on the backend          Inverter.invert
+    3. z_T → reconstruction (Euler sampling from z_T alone)            Inverter.reconstruct
+    4. reconstruction against the input → PSNR, SSIM, LPIPS, MSE       Inverter.evaluate
+    5. z_T, reconstruction and metrics → one published set of files   outputs.write_outputs
+
+An edit runs 1–4, regenerates from z_T with the target prompt (Inverter.edit), scores that too, and writes
+the edit's files (outputs.write_edit_outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastinv.api import ImageSource, Inverter
+from fastinv.io import LoadedImage
+from fastinv.methods import AUTO
+from fastinv.outputs import write_edit_outputs, write_outputs
+from fastinv.results import Edit, Inversion, Reconstruction
+from fastinv.sampling import SourceControl
+
+StepHook = Callable[[str], None]
+"""Called once per denoiser step with the stage it belongs to: "invert", "reconstruct" or "edit"."""
+
+
+@dataclass(frozen=True)
+class InversionJob:
+    """What to invert with: the prompt, the method ("auto": `Inverter.resolve_method`), N steps, the CFG
+    scale, FLUX-dev's embedded guidance (None: the model's default) and the method's options (`--set`)."""
+
+    prompt: str = ""
+    method: str = AUTO
+    steps: int = 28
+    guidance: float = 1.0
+    embedded_guidance: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """What to regenerate with: the target prompt, its CFG scale, RF-Inversion's strength η over the
+    sampling steps in [start, stop) (fractions), FLUX-dev's embedded guidance (None: 3.5)."""
+
+    target_prompt: str
+    guidance: float = 1.0
+    strength: float = 0.9
+    stop: float = 0.25
+    start: float = 0.0
+    embedded_guidance: float | None = None
+
+
+@dataclass
+class RoundTrip:
+    """Steps 1–4 of one image: its inversion, the reconstruction from z_T, the metrics against the input."""
+
+    inversion: Inversion
+    reconstruction: Reconstruction
+    metrics: dict[str, Any]
+
+
+@dataclass
+class EditRun:
+    """An edit and its source's reconstruction; metrics: {"reconstruction": …, "edit": …}, vs the source."""
+
+    edit: Edit
+    reconstruction: Reconstruction
+    metrics: dict[str, dict[str, Any]]
+
+
+def _stage(hook: StepHook | None, stage: str) -> Callable[[dict[str, Any]], None] | None:
+    """The per-step callback a method or sampler takes, reporting `stage` to `hook`."""
+    return None if hook is None else lambda _: hook(stage)
+
+
+def invert_image(
+    inverter: Inverter, image: ImageSource | LoadedImage, job: InversionJob, hook: StepHook | None = None
+) -> Inversion:
+    """Steps 1–2: fit the image to the model, encode it and invert it to z_T."""
+    picture = image if isinstance(image, LoadedImage) else inverter.prepare_image(image)  # 1
+    return inverter.invert(  # 2
+        picture,
+        prompt=job.prompt,
+        method=job.method,
+        steps=job.steps,
+        guidance=job.guidance,
+        embedded_guidance=job.embedded_guidance,
+        callback=_stage(hook, "invert"),
+        **job.options,
+    )
+
+
+def reconstruct_and_score(
+    inverter: Inverter, inversion: Inversion, hook: StepHook | None = None
+) -> tuple[Reconstruction, dict[str, Any]]:
+    """Steps 3–4: regenerate from z_T alone with the inversion's schedule and conditioning, then score."""
+    reconstruction = inverter.reconstruct(inversion, callback=_stage(hook, "reconstruct"))  # 3
+    return reconstruction, inverter.evaluate(inversion, reconstruction)  # 4
+
+
+def round_trip(
+    inverter: Inverter, image: ImageSource | LoadedImage, job: InversionJob, hook: StepHook | None = None
+) -> RoundTrip:
+    """Steps 1–4 of one image."""
+    inversion = invert_image(inverter, image, job, hook)
+    return RoundTrip(inversion, *reconstruct_and_score(inverter, inversion, hook))
+
+
+def invert_to_files(
+    inverter: Inverter,
+    image: ImageSource | LoadedImage,
+    job: InversionJob,
+    out: Path,
+    stem: str,
+    hook: StepHook | None = None,
+) -> dict[str, Any]:
+    """Steps 1–5: `<stem>.zT.safetensors`, `.recon.png` and `.metrics.json` published under `out` as one set;
+    returns the record written."""
+    trip = round_trip(inverter, image, job, hook)
+    return write_outputs(out, stem, inverter.model, trip.inversion, trip.reconstruction, trip.metrics)  # 5
+
+
+def edit_image(
+    inverter: Inverter,
+    image: ImageSource | LoadedImage,
+    job: InversionJob,
+    target: EditJob,
+    hook: StepHook | None = None,
+) -> EditRun:
+    """Steps 1–4 with the source prompt, then the regeneration from z_T with the target's, scored too."""
+    SourceControl.check(target.strength, target.stop, target.start)  # before any work
+    trip = round_trip(inverter, image, job, hook)
+    edit = inverter.edit(
+        trip.inversion,
+        target_prompt=target.target_prompt,
+        guidance=target.guidance,
+        strength=target.strength,
+        stop=target.stop,
+        start=target.start,
+        embedded_guidance=target.embedded_guidance,
+        callback=_stage(hook, "edit"),
+    )
+    metrics = {"reconstruction": trip.metrics, "edit": inverter.evaluate(trip.inversion, edit.edited)}
+    return EditRun(edit, trip.reconstruction, metrics)
+
+
+def edit_to_files(
+    inverter: Inverter,
+    image: ImageSource | LoadedImage,
+    job: InversionJob,
+    target: EditJob,
+    out: Path,
+    stem: str,
+    hook: StepHook | None = None,
+) -> EditRun:
+    """`edit_image`, then `<stem>.source.png`, `.edit.png`, `.side_by_side.png`, `.edit.json` under `out`."""
+    run = edit_image(inverter, image, job, target, hook)
+    write_edit_outputs(out, stem, inverter.model, run.edit, run.reconstruction, run.metrics)
+    return run
