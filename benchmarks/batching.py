@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fastinv
-from fastinv.io import save_json
+from fastinv.files import save_json
 from fastinv.training.photos import HELD_OUT, load_photo
 
 PHOTOS = (*HELD_OUT, "astronaut", "moon")

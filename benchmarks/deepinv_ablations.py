@@ -36,10 +36,11 @@ from rich.table import Table
 
 import fastinv
 from fastinv.bench.cost import cost, solver_flop_ratio
-from fastinv.io import save_json
+from fastinv.files import save_json
 from fastinv.solver import checkpoints, load_solver
 from fastinv.solver.presets import preset
-from fastinv.solver.training import DEFAULT_RECIPE, SolverTrainConfig, train_solver
+from fastinv.solver.recipe import DEFAULT_RECIPE, SolverTrainConfig
+from fastinv.solver.training import train_solver
 from fastinv.training.photos import HELD_OUT, load_photo
 
 BUDGET: dict[str, Any] = {"rounds": 1, "epochs": 8, "crops_per_image": 3}

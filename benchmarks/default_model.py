@@ -33,7 +33,8 @@ from rich.table import Table
 import fastinv
 from fastinv.api import Inverter
 from fastinv.display import fmt as _fmt
-from fastinv.io import atomic_write, pixels_to_pil, save_json
+from fastinv.files import atomic_write, save_json
+from fastinv.images import pixels_to_pil
 from fastinv.models import DEFAULT_MODEL
 from fastinv.pipeline import InversionJob, round_trip
 from fastinv.sampling import sample_euler
@@ -81,7 +82,8 @@ def sample_grid(inv: Inverter, plan: Plan, path: Path) -> dict[str, Any]:
             generator = torch.Generator().manual_seed(seed)
             noise = torch.randn(1, model.codec.channels, height, width, generator=generator)
             start = time.perf_counter()
-            pixels = model.codec.decode(sample_euler(model.velocity, noise.to(model.device), sigmas, cond))
+            latents, _ = sample_euler(model.velocity, noise.to(model.device), sigmas, cond)
+            pixels = model.codec.decode(latents)
             seconds.append(time.perf_counter() - start)
             ax = axes[row][col]
             ax.imshow(pixels_to_pil(pixels))

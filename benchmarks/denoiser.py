@@ -10,7 +10,7 @@ directly on the GPU in bf16 and called as fastinv calls it, through its velocity
 FluxVelocity): 1024² (latent float32 [B, 16, 128, 128]), σ = 0.5, prompt embeddings [1, L, D] in bf16
 (L = 333 tokens for SD3, 512 for FLUX), no CFG, so one NFE = one transformer forward at batch B.
 
-Variants: eager; compile (fastinv.runtime.fast_path.compile_network); compile+cuda-graph (the call captured
+Variants: eager; compile (fastinv.runtime.fast_path.compiled); compile+cuda-graph (the call captured
 by fastinv's StepGraph, as the inversion steps are); cuda-graph (StepGraph, no compile). Per variant: the
 first call (compilation, graph warm-up) and, for graphs, the second (capture) are timed in wall seconds;
 then --warmup untimed calls; then --repeats back-to-back calls timed by CUDA events: median, p20, p80 ms
@@ -51,12 +51,12 @@ from rich.table import Table
 
 import fastinv
 from fastinv.conditioning import Conditioning
-from fastinv.io import save_json
+from fastinv.files import save_json
 from fastinv.methods.base import NFECounter, Stopwatch
 from fastinv.models.base import TransformerVelocity
 from fastinv.models.flux import FluxVelocity
 from fastinv.models.sd3 import SD3Velocity
-from fastinv.runtime.fast_path import StepGraph, compile_network
+from fastinv.runtime.fast_path import StepGraph, compiled
 from fastinv.solver.flops import FLUX_DEV, SD3_MEDIUM, TARGETS, Cost, flux_cost, sd3_cost
 
 RESULT = Path(__file__).resolve().parent / "results" / "denoiser.json"
@@ -330,9 +330,7 @@ def benchmark_model(
             with console.status(f"{spec.label}, batch {batch}: {variant.name}"):
                 try:
                     if variant.compile and True not in velocities:
-                        compiled = spec.family.adapter(network, dtype)
-                        compile_network(compiled)
-                        velocities[True] = compiled
+                        velocities[True] = compiled(velocities[False])
                     measured, v = run_variant(
                         velocities[variant.compile], variant, inputs, device, args.warmup, args.repeats
                     )

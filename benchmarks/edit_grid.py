@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fastinv
-from fastinv.io import atomic_write, save_json
+from fastinv.files import atomic_write, save_json
 from fastinv.training.photos import CAPTIONS, load_photo
 
 EDITS = (("chelsea", "coffee"), ("coffee", "chelsea"), ("rocket", "moon"), ("gravel", "grass"))

@@ -29,7 +29,7 @@ from tiny_models import make_tiny_flux
 
 import fastinv
 from fastinv.bench.report import environment
-from fastinv.io import save_json
+from fastinv.files import save_json
 from fastinv.methods import get_method
 from fastinv.sampling import sample_euler
 
@@ -48,7 +48,7 @@ def measure(folder: Path, steps: int) -> list[dict[str, Any]]:
             cond = model.conditioning("a photo", 1.0, g_inv)
             z_T = get_method(method)(model.velocity, x0, sigmas, cond).z_T
             for g_rec in GUIDANCE:
-                back = sample_euler(model.velocity, z_T, sigmas, model.conditioning("a photo", 1.0, g_rec))
+                back, _ = sample_euler(model.velocity, z_T, sigmas, model.conditioning("a photo", 1.0, g_rec))
                 rows.append(
                     {
                         "method": method,

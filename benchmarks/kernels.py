@@ -37,7 +37,7 @@ from rich.table import Table
 
 import fastinv
 from fastinv import kernels
-from fastinv.io import save_json
+from fastinv.files import save_json
 
 CHANNELS, VAE_FACTOR = 16, 8  # SD3 and FLUX latents
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 8 << 20}

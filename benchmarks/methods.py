@@ -35,7 +35,7 @@ from rich.table import Table
 import fastinv
 from fastinv.bench.cost import cost, pareto_front, solver_flop_ratio
 from fastinv.bench.report import plot
-from fastinv.io import save_json
+from fastinv.files import save_json
 from fastinv.methods.easyinv import PAPER, SDXL_CODE
 from fastinv.models import DEFAULT_MODEL
 from fastinv.training.photos import HELD_OUT, load_photo

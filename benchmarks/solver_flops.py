@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fastinv
-from fastinv.io import save_json
+from fastinv.files import save_json
 from fastinv.solver.flops import TARGETS, compare
 
 console = Console()

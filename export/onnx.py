@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from torch.export import Dim
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
+from fastinv.files import publish_files
 from fastinv.models.base import FlowModel
 from fastinv.runtime.ort import OrtGraph
 from fastinv.runtime.spec import Axis, GraphSpec
-from fastinv.runtime.trt import TrtGraph
+from fastinv.runtime.tensorrt.engine import TrtGraph
 from fastinv.runtime.weights import weights_digest
 from fastinv.solver.model import SolverNetwork, TorchSolver, solver_family
 
@@ -185,8 +187,7 @@ def export_graph(
         onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=True)
         onnx.checker.check_model(str(staged), full_check=True)
         written = sorted(Path(tmp).iterdir(), key=lambda f: f == staged)  # weights first, graph last
-        for file in written:
-            os.replace(file, final.parent / file.name)
+        publish_files({final.parent / file.name: _moved_from(file) for file in written})
     stale = final.with_name(final.name + ".data")
     if stale.exists() and stale.name not in {f.name for f in written}:
         stale.unlink()
@@ -195,14 +196,20 @@ def export_graph(
 
 def remove_stale_staging(final: Path) -> list[Path]:
     """Remove what an export of `final` killed midway left: its hidden staging folders and files
-    (`.<name>.*`, never published); returns them."""
-    stale = [p for p in final.parent.glob(f".{final.name}.*")]
+    (`.<name>.*`, and `publish_files`' `.<stem>.*.tmp<suffix>`; never published); returns them."""
+    patterns = (f".{final.name}.*", f".{final.stem}.*.tmp{final.suffix}")
+    stale = list(dict.fromkeys(path for pattern in patterns for path in final.parent.glob(pattern)))
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
     return stale
+
+
+def _moved_from(file: Path) -> Callable[[Path], None]:
+    """A `publish_files` writer that moves the finished `file` onto the staging name it is given."""
+    return lambda tmp: os.replace(file, tmp)
 
 
 def random_inputs(spec: GraphSpec, sizes: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:

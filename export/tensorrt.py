@@ -2,21 +2,25 @@
 
 `build_engine` parses a graph written by `fastinv.export.onnx` with TensorRT's ONNX parser into a strongly
 typed network (the precision is the graph's own: TensorRT 11 networks are always strongly typed, TensorRT
-10 needs the flag), builds it for one `Profile` (`fastinv.runtime.profile.plan_profile`) with a workspace
-limit, builder optimisation level and a timing cache kept per TensorRT version and GPU, and writes it into
-the engine cache (`fastinv.runtime.engine_cache`) unless an engine with the same key is already there.
+10 needs the flag), builds it for one `Profile` (`fastinv.runtime.tensorrt.profile.plan_profile`) with a
+workspace limit, builder optimisation level and a timing cache kept per TensorRT version and GPU, and
+writes it into the engine cache (`fastinv.runtime.tensorrt.cache`) unless an engine with the same key is
+already there. `build_engines` does so for every graph `fastinv export` wrote, parity-checked if asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastinv
 from fastinv.errors import FastinvError
-from fastinv.runtime import trt as trt_runtime
-from fastinv.runtime.engine_cache import (
+from fastinv.models.base import FlowModel
+from fastinv.runtime.spec import read_spec
+from fastinv.runtime.tensorrt import engine as trt_runtime
+from fastinv.runtime.tensorrt.cache import (
     EngineFacts,
     engine_key,
     engine_path,
@@ -26,8 +30,12 @@ from fastinv.runtime.engine_cache import (
     write_atomic,
     write_engine,
 )
-from fastinv.runtime.profile import Profile
-from fastinv.runtime.spec import read_spec
+from fastinv.runtime.tensorrt.profile import Profile, Range, plan_profile
+
+if TYPE_CHECKING:
+    from fastinv.export.onnx import ParityReport
+
+    from fastinv.solver.model import TorchSolver
 
 OPTIMIZATION_LEVEL = 3
 """TensorRT's default builder optimisation level (0 fastest build … 5 most tactics)."""
@@ -140,3 +148,63 @@ def build_engine(
     )
     write_engine(path, blob, facts)
     return BuiltEngine(path, facts, built=True)
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """One exported graph's engine: the cache entry, the profile it takes, and its TensorRT-vs-torch parity
+    report (None unless asked)."""
+
+    engine: BuiltEngine
+    profile: Profile
+    parity: ParityReport | None = None
+
+
+def build_engines(
+    references: Mapping[Path, FlowModel | TorchSolver],
+    model: FlowModel,
+    *,
+    batch: Range,
+    size: Range | None = None,
+    text: Range | None = None,
+    device: str = "cuda",
+    workspace_gib: float | None = None,
+    optimization_level: int = OPTIMIZATION_LEVEL,
+    check: bool = False,
+) -> Iterator[EngineBuild]:
+    """A TensorRT engine per exported graph, yielded one by one as each is built (or reused from the cache
+    beside the graph when one fits).
+
+    references: {graph path: the torch module it came from}, as `export_model` returns. batch, size, text:
+    the profile's (min, opt, max) images per call, image side in pixels and prompt tokens (text None: the
+    length `model` encodes a prompt to). device: the build device (anything but "cuda…" builds on "cuda").
+    workspace_gib: the builder's workspace limit in GiB (None: TensorRT's). check: compare every engine with
+    its torch reference on random inputs (`check_parity`; FastinvError above tolerance).
+    """
+    from fastinv.export.onnx import check_parity
+
+    if text is None:
+        try:
+            length = model.encode_prompt("")[0].shape[1]
+        except FastinvError as err:
+            raise FastinvError(f"give --text MIN:OPT:MAX (the prompt length in tokens): {err}") from err
+        text = (length, length, length)
+    build_device = device if device.startswith("cuda") else "cuda"
+    for path, reference in references.items():
+        profile = plan_profile(
+            read_spec(path),
+            batch=batch,
+            size=size,
+            text=text,
+            scale=model.codec.scale_factor,
+            source=path.name,
+        )
+        built = build_engine(
+            path,
+            profile,
+            device=build_device,
+            workspace=None if workspace_gib is None else int(workspace_gib * 2**30),
+            optimization_level=optimization_level,
+        )
+        parity = check_parity(built.path, reference, device=build_device, engine="trt") if check else None
+        yield EngineBuild(built, profile, parity)

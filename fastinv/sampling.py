@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
+from fastinv.kernels import StepKernels
 from fastinv.kernels.reference import guided, per_sample
 from fastinv.methods.base import NFECounter, StepCallback, sigma_batch, step_size
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 from fastinv.runtime.fast_path import graphed
 
 
@@ -67,13 +68,18 @@ def sample_euler(
     *,
     callback: StepCallback | None = None,
     control: SourceControl | None = None,
-) -> torch.Tensor:
-    """Integrate dz/dσ = v from σ_0 (noise) to σ_N = 0; returns the clean latent [B, C, H, W] float32.
+    config: RunConfig | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Integrate dz/dσ = v from σ_0 (noise) to σ_N = 0; returns (the clean latent [B, C, H, W] float32,
+    the denoiser calls counted).
 
     Step: z(σ_{i+1}) = z(σ_i) + (σ_{i+1} − σ_i)·v(z(σ_i), σ_i). With cond.guidance_scale != 1 every
     call is a CFG pair batched into one denoiser call (1 NFE of batch 2B). `control` pulls the first
     steps towards a source image (see SourceControl); without it the CFG combine is fused into the update.
+    `config` (a RunConfig; None: eager defaults) picks the step kernels and CUDA-graph capture.
     """
+    config = config or RunConfig()
+    ops = StepKernels(config.kernels)
     model = NFECounter(model)
     n = len(sigmas) - 1
     controlled = range(0) if control is None else control.window(n)
@@ -86,9 +92,9 @@ def sample_euler(
             # RF-Inversion: steer towards the straight path to the source latents
             v = v + per_sample(eta, z) * ((z - x0) / per_sample(sigma, z) - v)
         # Euler method
-        return kernels.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
+        return ops.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
 
-    step = graphed(euler_step, model, z.device)
+    step = graphed(euler_step, model, z.device, capture=config.cuda_graphs)
     z = z.float()
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -98,4 +104,4 @@ def sample_euler(
             callback(
                 {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
             )
-    return z
+    return z, model.calls

@@ -1,8 +1,8 @@
 """Fused step kernels for the elementwise work between denoiser calls (installed as ``fastinv.kernels``).
 
 Each op has a torch reference (`reference`) and a Triton kernel (`triton_glue`) of the same signature.
-The functions here dispatch: Triton for CUDA tensors when `triton` is installed, the reference elsewhere
-(CPU, or after `use_kernels("torch")`, the fast path's switch when torch.compile fuses the glue better).
+`StepKernels(backend)` dispatches: Triton for CUDA tensors when `triton` is installed, the reference
+elsewhere (CPU, or with backend "torch", the run's switch for when torch.compile fuses the glue better).
 
     cfg_euler_update(z, v, h, *, v_null, guidance)                  z + h·(v_null + g·(v − v_null))
     fixed_point_update(z, v, h, *, v_null, guidance) -> (z + h·f, f),  f = v_null + g·(v − v_null)
@@ -13,10 +13,7 @@ The functions here dispatch: Triton for CUDA tensors when `triton` is installed,
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import importlib.util
-from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -26,7 +23,6 @@ from fastinv.kernels.reference import Coefficient
 from fastinv.errors import FastinvError
 
 BACKENDS = ("auto", "torch")
-_backend: contextvars.ContextVar[str] = contextvars.ContextVar("fastinv_kernels", default="auto")
 
 
 def triton_available() -> bool:
@@ -34,87 +30,78 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-@contextlib.contextmanager
-def use_kernels(backend: str) -> Iterator[None]:
-    """Within the block (this thread / task only): "auto" = Triton on CUDA tensors, "torch" = references."""
-    if backend not in BACKENDS:
-        raise FastinvError(f"unknown kernel backend {backend!r}: use {' or '.join(BACKENDS)}")
-    token = _backend.set(backend)
-    try:
-        yield
-    finally:
-        _backend.reset(token)
+class StepKernels:
+    """The step ops on one backend: "auto" = Triton on CUDA tensors (reference elsewhere), "torch" = the
+    references everywhere. A run's `RunConfig.kernels` names the backend; methods call `run.kernels.…`."""
 
+    def __init__(self, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise FastinvError(f"unknown kernel backend {backend!r}: use {' or '.join(BACKENDS)}")
+        self.backend = backend
 
-def _implementation(z: torch.Tensor) -> ModuleType:
-    if z.is_cuda and _backend.get() == "auto" and triton_available():
-        from fastinv.kernels import triton_glue
+    def implementation(self, z: torch.Tensor) -> ModuleType:
+        """The module whose ops run on z: `triton_glue` or `reference`."""
+        if z.is_cuda and self.backend == "auto" and triton_available():
+            from fastinv.kernels import triton_glue
 
-        return triton_glue
-    return reference
+            return triton_glue
+        return reference
 
+    def cfg_euler_update(
+        self,
+        z: torch.Tensor,
+        v: torch.Tensor,
+        h: Coefficient,
+        *,
+        v_null: torch.Tensor | None = None,
+        guidance: float = 1.0,
+    ) -> torch.Tensor:
+        """Euler step with the CFG combine (see `reference.cfg_euler_update`)."""
+        return self.implementation(z).cfg_euler_update(z, v, h, v_null=v_null, guidance=guidance)
 
-def cfg_euler_update(
-    z: torch.Tensor,
-    v: torch.Tensor,
-    h: Coefficient,
-    *,
-    v_null: torch.Tensor | None = None,
-    guidance: float = 1.0,
-) -> torch.Tensor:
-    """Euler step with the CFG combine (see `reference.cfg_euler_update`)."""
-    return _implementation(z).cfg_euler_update(z, v, h, v_null=v_null, guidance=guidance)
+    def fixed_point_update(
+        self,
+        z: torch.Tensor,
+        v: torch.Tensor,
+        h: Coefficient,
+        *,
+        v_null: torch.Tensor | None = None,
+        guidance: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed-point iterate with the CFG combine (see `reference.fixed_point_update`)."""
+        return self.implementation(z).fixed_point_update(z, v, h, v_null=v_null, guidance=guidance)
 
+    def deepinv_update(
+        self,
+        z: torch.Tensor,
+        eps: torch.Tensor,
+        h: Coefficient,
+        *,
+        eps_null: torch.Tensor | None = None,
+        guidance: float = 1.0,
+        eps_pseudo: torch.Tensor | None = None,
+        weights: tuple[float, float] = (1.0, 0.0),
+    ) -> torch.Tensor:
+        """DeepInv noise fusion and latent update (see `reference.deepinv_update`)."""
+        return self.implementation(z).deepinv_update(
+            z, eps, h, eps_null=eps_null, guidance=guidance, eps_pseudo=eps_pseudo, weights=weights
+        )
 
-def fixed_point_update(
-    z: torch.Tensor,
-    v: torch.Tensor,
-    h: Coefficient,
-    *,
-    v_null: torch.Tensor | None = None,
-    guidance: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed-point iterate with the CFG combine (see `reference.fixed_point_update`)."""
-    return _implementation(z).fixed_point_update(z, v, h, v_null=v_null, guidance=guidance)
+    def easyinv_update(
+        self, z: torch.Tensor, z_prev: torch.Tensor, v: torch.Tensor, h: Coefficient, eta: Coefficient
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """EasyInv blend and update (see `reference.easyinv_update`)."""
+        return self.implementation(z).easyinv_update(z, z_prev, v, h, eta)
 
-
-def deepinv_update(
-    z: torch.Tensor,
-    eps: torch.Tensor,
-    h: Coefficient,
-    *,
-    eps_null: torch.Tensor | None = None,
-    guidance: float = 1.0,
-    eps_pseudo: torch.Tensor | None = None,
-    weights: tuple[float, float] = (1.0, 0.0),
-) -> torch.Tensor:
-    """DeepInv noise fusion and latent update (see `reference.deepinv_update`)."""
-    return _implementation(z).deepinv_update(
-        z, eps, h, eps_null=eps_null, guidance=guidance, eps_pseudo=eps_pseudo, weights=weights
-    )
-
-
-def easyinv_update(
-    z: torch.Tensor, z_prev: torch.Tensor, v: torch.Tensor, h: Coefficient, eta: Coefficient
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """EasyInv blend and update (see `reference.easyinv_update`)."""
-    return _implementation(z).easyinv_update(z, z_prev, v, h, eta)
-
-
-def renoise_update(
-    z: torch.Tensor, v: torch.Tensor, h: Coefficient, average: torch.Tensor, weight: Coefficient
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReNoise iterate and running average (see `reference.renoise_update`)."""
-    return _implementation(z).renoise_update(z, v, h, average, weight)
+    def renoise_update(
+        self, z: torch.Tensor, v: torch.Tensor, h: Coefficient, average: torch.Tensor, weight: Coefficient
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ReNoise iterate and running average (see `reference.renoise_update`)."""
+        return self.implementation(z).renoise_update(z, v, h, average, weight)
 
 
 __all__ = [
     "BACKENDS",
-    "cfg_euler_update",
-    "deepinv_update",
-    "easyinv_update",
-    "fixed_point_update",
-    "renoise_update",
+    "StepKernels",
     "triton_available",
-    "use_kernels",
 ]

@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny random-weight SD3 / FLUX folders written once per test session.
+"""Shared fixtures, written once per test session: tiny random-weight SD3 / FLUX folders, the tiny DeepInv
+solver, and the ONNX exports (`fastinv export --check`) of the tiny SD3 with that solver and of the shipped
+model. Tracing a graph dominates the cost of a test that needs one, so every such test reads these; the
+folders are shared: read them, or copy them before changing anything.
 
 The Hugging Face offline switches are set before anything imports ``huggingface_hub`` (it reads them at
 import time), so no test can reach the network.
@@ -43,3 +46,39 @@ def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_flux_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FLUX.1-dev-like folder (``guidance_embeds=True``) with CLIP + T5."""
     return make_tiny_flux(tmp_path_factory.mktemp("tiny_flux_dev"), guidance_embeds=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_solver_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`test_solver.tiny_solver()` (trained-looking, the tiny SD3's widths) saved as a solver folder."""
+    from test_solver import tiny_solver
+
+    folder = tmp_path_factory.mktemp("tiny_solver")
+    tiny_solver().save_pretrained(folder)
+    return folder
+
+
+def _export(args: list[str], out: Path) -> tuple[Path, str]:
+    pytest.importorskip("onnxruntime")
+    from cli_runner import cli
+
+    code, stdout, stderr = cli(["export", *args, "--out", str(out), "--check"])
+    assert code == 0, stderr
+    return out, stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_export(
+    tiny_sd3_dir: Path, tiny_solver_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """(folder, stdout) of `fastinv export --check` of the tiny SD3 and the tiny solver: velocity.fp32.onnx
+    and solver.fp32.onnx. Shared: do not write into the folder."""
+    args = ["--model", str(tiny_sd3_dir), "--solver", str(tiny_solver_dir)]
+    return _export(args, tmp_path_factory.mktemp("export_tiny_sd3"))
+
+
+@pytest.fixture(scope="session")
+def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(folder, stdout) of `fastinv export --check` of the shipped default model (its velocity graph and its
+    solver's). Shared: do not write into the folder."""
+    return _export([], tmp_path_factory.mktemp("export_shipped"))

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from fastinv.cli import main
-from fastinv.io import load_latents
+from fastinv.files import load_latents
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """`fastinv export` and `fastinv invert --engine torch|ort|trt` end to end, and the API behind them.
 
-The tiny SD3 (with a tiny DeepInv solver) is exported once per module; the shipped model once in its test.
+The exports (`fastinv export --check`) of the tiny SD3 with a tiny DeepInv solver and of the shipped model
+are the session's (conftest: tiny_sd3_export, shipped_export), shared with the other test modules.
 TensorRT is absent here: its CLI paths are checked for their one-line errors (the engine code itself runs
 against a fake tensorrt in test_export_trt.py).
 """
@@ -21,10 +22,9 @@ pytest.importorskip("onnxruntime")
 
 from cli_runner import cli
 from fastinv.export import onnx as export_onnx
-from test_solver import tiny_solver
 
 import fastinv
-from fastinv.io import load_latents
+from fastinv.files import load_latents
 from fastinv.runtime.ort import OrtSolver, OrtVelocity
 
 FP32 = export_onnx.TOLERANCE["fp32"]
@@ -42,22 +42,14 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def solver_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_solver")
-    tiny_solver().save_pretrained(folder)
-    return folder
+def sd3_export(tiny_sd3_export: tuple[Path, str]) -> tuple[Path, str]:
+    """(folder, stdout) of `fastinv export --check` of the tiny SD3 and its solver (the session's)."""
+    return tiny_sd3_export
 
 
 @pytest.fixture(scope="module")
-def sd3_export(
-    tiny_sd3_dir: Path, solver_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, str]:
-    """(folder, stdout) of `fastinv export --check` of the tiny SD3 and its solver."""
-    out = tmp_path_factory.mktemp("export_sd3")
-    args = ["export", "--model", str(tiny_sd3_dir), "--solver", str(solver_dir), "--out", str(out), "--check"]
-    code, stdout, stderr = cli(args)
-    assert code == 0, stderr
-    return out, stdout
+def solver_dir(tiny_solver_dir: Path) -> Path:
+    return tiny_solver_dir
 
 
 def test_export_check_tiny_sd3_with_solver(sd3_export: tuple[Path, str]) -> None:
@@ -70,12 +62,13 @@ def test_export_check_tiny_sd3_with_solver(sd3_export: tuple[Path, str]) -> None
     assert "exported 2 graph(s) in" in stdout and "peak memory" in stdout
 
 
-def test_export_shipped_model_then_invert_ort_matches_torch(tmp_path: Path) -> None:
-    """The shipped model: export with --check, then the same photo through `invert` on torch and on ORT
-    (Euler, 8 steps, CFG 2 → batch-2 calls): z_T and the metrics agree to the fp32 parity tolerance."""
-    engine_dir = tmp_path / "engines"
-    code, stdout, stderr = cli(["export", "--out", str(engine_dir), "--check"])
-    assert code == 0, stderr
+def test_export_shipped_model_then_invert_ort_matches_torch(
+    shipped_export: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The shipped model: export with --check (the session's export), then the same photo through `invert`
+    on torch and on ORT (8 steps, CFG 2 → batch-2 calls): z_T and the metrics agree to the fp32 parity
+    tolerance."""
+    engine_dir, stdout = shipped_export
     print(stdout)
     assert "velocity.fp32.onnx [fp32] batch 1" in stdout and "ok" in stdout
     runs = {}

@@ -1,7 +1,8 @@
 """ONNX export and the ONNX Runtime backend: parity with torch (CPU EP), dynamic axes, the same method code
 on both engines, and one-line errors for missing or mismatched graphs.
 
-Each tiny model is exported once per module (tracing dominates the cost, not the model size).
+Each tiny model is exported once per module (tracing dominates the cost, not the model size); the tiny SD3's
+and the shipped model's graphs are the session's `fastinv export` (conftest), shared with other modules.
 """
 
 from __future__ import annotations
@@ -34,18 +35,28 @@ from fastinv.solver import TorchSolver  # noqa: E402
 def tiny_graph(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[FlowModel, Path]:
-    """(tiny model, its fp32 velocity graph) for the tiny SD3, FLUX-schnell-like and FLUX-dev-like folders."""
+    """(tiny model, its fp32 velocity graph) for the tiny SD3, FLUX-schnell-like and FLUX-dev-like folders.
+
+    The SD3 graph is the session's `fastinv export` of the tiny SD3 (export_velocity with the defaults, as
+    here); read-only."""
     model = load_model(request.getfixturevalue(f"tiny_{request.param}_dir"))
-    folder = tmp_path_factory.mktemp(f"onnx_{request.param}")
-    path = export_velocity(model, folder / "velocity.onnx")
-    assert [f.name for f in folder.iterdir()] == ["velocity.onnx"]  # no staging leftovers
+    if request.param == "sd3":
+        folder, _ = request.getfixturevalue("tiny_sd3_export")
+        names = ["solver.fp32.onnx", "velocity.fp32.onnx"]
+        path = folder / "velocity.fp32.onnx"
+    else:
+        folder = tmp_path_factory.mktemp(f"onnx_{request.param}")
+        names = ["velocity.onnx"]
+        path = export_velocity(model, folder / "velocity.onnx")
+    assert sorted(f.name for f in folder.iterdir()) == names  # no staging leftovers
     return model, path
 
 
 @pytest.fixture(scope="module")
-def shipped_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[Inverter, Path]:
+def shipped_graph(shipped_export: tuple[Path, str]) -> tuple[Inverter, Path]:
+    """The shipped model in fp32 and its velocity graph (the session's `fastinv export`; read-only)."""
     inverter = fastinv.load(device="cpu", dtype="fp32")
-    return inverter, export_velocity(inverter.model, tmp_path_factory.mktemp("onnx_default") / "default.onnx")
+    return inverter, shipped_export[0] / "velocity.fp32.onnx"
 
 
 @pytest.fixture(scope="module")

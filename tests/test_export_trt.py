@@ -30,8 +30,9 @@ from fastinv.errors import FastinvError  # noqa: E402
 from fastinv.methods import invert_deepinv, invert_euler  # noqa: E402
 from fastinv.models.base import FlowModel  # noqa: E402
 from fastinv.models.loading import load_model  # noqa: E402
-from fastinv.runtime import trt as trt_runtime  # noqa: E402
-from fastinv.runtime.engine_cache import (  # noqa: E402
+from fastinv.runtime.spec import GraphSpec  # noqa: E402
+from fastinv.runtime.tensorrt import engine as trt_runtime  # noqa: E402
+from fastinv.runtime.tensorrt.cache import (  # noqa: E402
     EngineFacts,
     check_built_for,
     engine_key,
@@ -41,9 +42,7 @@ from fastinv.runtime.engine_cache import (  # noqa: E402
     sidecar_path,
     write_engine,
 )
-from fastinv.runtime.profile import Profile, parse_range, plan_profile  # noqa: E402
-from fastinv.runtime.spec import GraphSpec  # noqa: E402
-from fastinv.runtime.trt import (  # noqa: E402
+from fastinv.runtime.tensorrt.engine import (  # noqa: E402
     TensorIO,
     TrtSolver,
     TrtVelocity,
@@ -53,6 +52,7 @@ from fastinv.runtime.trt import (  # noqa: E402
     torch_dtype,
     trt_dtype,
 )
+from fastinv.runtime.tensorrt.profile import Profile, parse_range, plan_profile  # noqa: E402
 from fastinv.solver import TorchSolver  # noqa: E402
 
 VAE = 8  # the tiny SD3's VAE factor; patch 2 → sides in multiples of 16 px, at most 16·2·8 = 256 px

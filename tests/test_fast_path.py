@@ -8,6 +8,7 @@ stale value, as a real graph would; the control test below shows the stand-in ca
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ import fastinv
 from fastinv.cli import main
 from fastinv.errors import FastinvError
 from fastinv.methods.base import NFECounter
+from fastinv.run_config import RunConfig
 from fastinv.runtime import fast_path
-from fastinv.runtime.fast_path import FastPath, StepGraph, graphed
+from fastinv.runtime.fast_path import StepGraph, graphed
 from fastinv.solver import TorchSolver
 
 
@@ -60,14 +62,14 @@ def photo() -> np.ndarray:
 
 def test_defaults_follow_the_device() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert FastPath.resolve(cpu, torch.float32) == FastPath(compile=False, cuda_graphs=False)
-    assert FastPath.resolve(cuda, torch.bfloat16) == FastPath(compile=True, cuda_graphs=True)
-    assert FastPath.resolve(cuda, torch.bfloat16, enabled=False) == FastPath()
-    assert FastPath.resolve(cuda, torch.bfloat16, cuda_graphs=False).compile
-    assert FastPath.resolve(cpu, torch.float32, compile=True) == FastPath(compile=True)
+    assert RunConfig.resolve(cpu, torch.float32) == RunConfig(cpu, torch.float32, False, False)
+    assert RunConfig.resolve(cuda, torch.bfloat16) == RunConfig(cuda, torch.bfloat16, True, True)
+    assert RunConfig.resolve(cuda, torch.bfloat16, enabled=False) == RunConfig(cuda, torch.bfloat16)
+    assert RunConfig.resolve(cuda, torch.bfloat16, cuda_graphs=False).compile
+    assert RunConfig.resolve(cpu, torch.float32, compile=True) == RunConfig(compile=True)
     # fp16 checks every step's output on the host, which a graph cannot: graphs drop out by default
-    assert not FastPath.resolve(cuda, torch.float16).cuda_graphs
-    assert FastPath.resolve(cuda, torch.bfloat16).describe() == "compile+cuda_graphs, kernels=auto"
+    assert not RunConfig.resolve(cuda, torch.float16).cuda_graphs
+    assert RunConfig.resolve(cuda, torch.bfloat16).describe() == "compile+cuda_graphs, kernels=auto"
 
 
 @pytest.mark.parametrize(
@@ -81,7 +83,7 @@ def test_defaults_follow_the_device() -> None:
 def test_impossible_switches_are_one_line_errors(kwargs: dict, message: str) -> None:
     kwargs.setdefault("dtype", torch.float32)
     with pytest.raises(FastinvError, match=message):
-        FastPath.resolve(kwargs.pop("device"), kwargs.pop("dtype"), **kwargs)
+        RunConfig.resolve(kwargs.pop("device"), kwargs.pop("dtype"), **kwargs)
 
 
 def test_cli_rejects_cuda_graphs_on_cpu(
@@ -142,7 +144,7 @@ def test_graphed_steps_equal_eager(
         options = options | {"solver": TorchSolver(tiny_solver())}
     runs, replays = {}, TracedStepGraph.replays
     for graphs in (False, True):
-        inv.model.velocity.cuda_graphs = graphs
+        inv.config = dataclasses.replace(inv.config, cuda_graphs=graphs)  # CPU capture: the stand-in
         res = inv.invert(photo, method=method, steps=6, **options)
         runs[graphs] = (res, inv.reconstruct(res))
     (eager, eager_rec), (replayed, replayed_rec) = runs[False], runs[True]
@@ -154,9 +156,8 @@ def test_graphed_steps_equal_eager(
 
 def test_regularised_renoise_is_not_captured(cpu_graphs: None) -> None:
     counter = NFECounter(lambda z, sigma, cond: z)
-    counter.model = type("M", (), {"cuda_graphs": True})()
-    assert isinstance(graphed(lambda z: z, counter, torch.device("cpu")), TracedStepGraph)
-    assert not isinstance(graphed(lambda z: z, counter, torch.device("cpu"), enabled=False), StepGraph)
+    assert isinstance(graphed(lambda z: z, counter, torch.device("cpu"), capture=True), TracedStepGraph)
+    assert not isinstance(graphed(lambda z: z, counter, torch.device("cpu"), capture=False), StepGraph)
 
 
 def test_compiled_networks_match_eager(tiny_sd3_dir: Path, photo: np.ndarray) -> None:

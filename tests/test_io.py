@@ -15,16 +15,8 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 
 from fastinv.errors import FastinvError
-from fastinv.io import (
-    LoadedImage,
-    atomic_write,
-    load_image,
-    load_latents,
-    pixels_to_pil,
-    save_json,
-    save_latents,
-    save_png,
-)
+from fastinv.files import atomic_write, load_latents, save_json, save_latents, save_png
+from fastinv.images import LoadedImage, load_image, pixels_to_pil
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -340,44 +340,36 @@ def test_renoise_mean_of_last_iterates(impl: ModuleType) -> None:
 
 
 def test_cpu_tensors_use_the_reference() -> None:
-    assert kernels._implementation(torch.zeros(1)) is reference
+    ops = kernels.StepKernels()
+    assert ops.implementation(torch.zeros(1)) is reference
     z, v = seeded(2, 3), seeded(2, 3, seed=1)
-    assert torch.equal(kernels.cfg_euler_update(z, v, 0.1), reference.cfg_euler_update(z, v, 0.1))
+    assert torch.equal(ops.cfg_euler_update(z, v, 0.1), reference.cfg_euler_update(z, v, 0.1))
 
 
 def test_cuda_tensors_use_triton_unless_torch_is_asked_for(glue: ModuleType) -> None:
     cuda = SimpleNamespace(is_cuda=True)
-    assert kernels._implementation(cuda) is glue
-    with kernels.use_kernels("torch"):
-        assert kernels._implementation(cuda) is reference
-        with kernels.use_kernels("auto"):
-            assert kernels._implementation(cuda) is glue
-        assert kernels._implementation(cuda) is reference
-    assert kernels._implementation(cuda) is glue  # reset after the block
-    with pytest.raises(RuntimeError), kernels.use_kernels("torch"):
-        raise RuntimeError
-    assert kernels._implementation(cuda) is glue  # reset after an exception too
+    assert kernels.StepKernels("auto").implementation(cuda) is glue
+    assert kernels.StepKernels("torch").implementation(cuda) is reference
 
 
 def test_cuda_tensors_use_the_reference_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "triton_available", lambda: False)
-    assert kernels._implementation(SimpleNamespace(is_cuda=True)) is reference
+    assert kernels.StepKernels().implementation(SimpleNamespace(is_cuda=True)) is reference
 
 
 def test_unknown_backend() -> None:
-    with pytest.raises(FastinvError, match="unknown kernel backend 'cuda'"), kernels.use_kernels("cuda"):
-        pass
-    assert kernels._backend.get() == "auto"
+    with pytest.raises(FastinvError, match="unknown kernel backend 'cuda'"):
+        kernels.StepKernels("cuda")
 
 
 @pytest.mark.parametrize("case", FULL_CASES)
 def test_dispatcher_forwards_every_argument(
     glue: ModuleType, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """The public functions with Triton forced on CPU tensors equal the Triton functions called directly."""
+    """The StepKernels ops with Triton forced on CPU tensors equal the Triton functions called directly."""
     op, args, kwargs = build(case, (2, 3, 4), torch.bfloat16, itertools.repeat("contiguous"), "per-sample")
-    monkeypatch.setattr(kernels, "_implementation", lambda z: glue)
-    dispatched = as_tuple(getattr(kernels, op)(*args, **kwargs))
+    monkeypatch.setattr(kernels.StepKernels, "implementation", lambda self, z: glue)
+    dispatched = as_tuple(getattr(kernels.StepKernels(), op)(*args, **kwargs))
     direct = as_tuple(getattr(glue, op)(*args, **kwargs))
     assert all(torch.equal(a, b) for a, b in zip(dispatched, direct, strict=True))
 

@@ -50,7 +50,7 @@ def test_sd3_sampling_matches_the_pipeline(
         ).images
     sigmas = inv.model.sigmas(STEPS, (8, 12))
     torch.testing.assert_close(sigmas.float(), pipe.scheduler.sigmas.float(), rtol=0, atol=1e-6)
-    actual = sample_euler(inv.model.velocity, noise, sigmas, inv.model.conditioning("a cat", guidance))
+    actual, _ = sample_euler(inv.model.velocity, noise, sigmas, inv.model.conditioning("a cat", guidance))
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -84,5 +84,5 @@ def test_flux_sampling_matches_the_pipeline(tiny_flux_dir: Path) -> None:
     )
     sigmas = inv.model.sigmas(STEPS, (height, width))
     torch.testing.assert_close(sigmas.float()[:-1], pipe.scheduler.sigmas.float()[:-1], rtol=0, atol=1e-6)
-    actual = sample_euler(inv.model.velocity, noise, sigmas, inv.model.conditioning("a dog"))
+    actual, _ = sample_euler(inv.model.velocity, noise, sigmas, inv.model.conditioning("a dog"))
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

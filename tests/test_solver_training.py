@@ -21,7 +21,8 @@ import fastinv
 from fastinv.cli import main
 from fastinv.errors import FastinvError
 from fastinv.solver import checkpoints
-from fastinv.solver.training import DEFAULT_RECIPE, SolverTrainConfig, train_solver
+from fastinv.solver.recipe import DEFAULT_RECIPE, SolverTrainConfig
+from fastinv.solver.training import train_solver
 
 RECIPE = {
     "preset": "sd3-medium",

@@ -182,7 +182,7 @@ def parse_engines(text: str, device: str, precision: str, engine_dir: Path | Non
         if engine_dir is None:
             _require("onnxscript", "ort", "onnx")  # the exporter (torch.onnx dynamo=True) runs on it
     if "trt" in engines:
-        from fastinv.runtime.trt import tensorrt_module
+        from fastinv.runtime.tensorrt.engine import tensorrt_module
 
         tensorrt_module()
         if not device.startswith("cuda"):

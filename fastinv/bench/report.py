@@ -24,7 +24,7 @@ from fastinv.bench.plan import BenchPlan
 from fastinv.bench.run import BenchResult
 from fastinv.bench.summary import SPREAD, Row, aggregate, summarize
 from fastinv.display import fmt as _fmt
-from fastinv.io import atomic_write, save_json
+from fastinv.files import atomic_write, save_json
 
 FIDELITY_NOTE = (
     "Fidelity is only meaningful on a trained model: on random weights every method looks almost exact."

@@ -20,7 +20,7 @@ from fastinv.bench.plan import GUIDANCE, PROMPT, BenchPlan
 from fastinv.bench.summary import Row
 from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
-from fastinv.io import LoadedImage
+from fastinv.images import LoadedImage
 from fastinv.pipeline import InversionJob, invert_image, reconstruct_and_score
 
 
@@ -184,7 +184,7 @@ def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
             pictures = {image.name: inverter.prepare_image(image.load()) for image in plan.images}
             result.engines[engine] = {
                 "engine_dir": None if inverter.engine_dir is None else str(inverter.engine_dir),
-                "fast_path": inverter.fast.describe(),
+                "fast_path": inverter.config.describe(),
             }
             ratios: dict[tuple[int, ...], float] = {}
             for steps in plan.steps:

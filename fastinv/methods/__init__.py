@@ -49,9 +49,10 @@ def get_method(name: str) -> InversionMethod:
 
 
 def method_options(name: str) -> dict[str, Any]:
-    """The tunable keyword options of method `name` with their defaults (not callback/keep_trajectory)."""
+    """The tunable keyword options of method `name` with their defaults (not callback, keep_trajectory or
+    config, the run's `RunConfig`)."""
     parameters = inspect.signature(get_method(name)).parameters.values()
-    fixed = {"callback", "keep_trajectory"}
+    fixed = {"callback", "keep_trajectory", "config"}
     return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in fixed}
 
 

@@ -10,7 +10,9 @@ from typing import Any, Protocol
 import torch
 
 from fastinv.conditioning import Conditioning
+from fastinv.kernels import StepKernels
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 from fastinv.runtime.fast_path import graphed
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -139,15 +141,23 @@ def in_window(i: int, n: int, window: tuple[float, float]) -> bool:
 class InversionRun:
     """The bookkeeping every method shares, so its function holds only the update rule.
 
-    `run.model` counts NFE; `run.graphed(fn)` is the step function `fn(*tensors)` captured in a CUDA graph
-    when the model asks for it (the fast path), else `fn`; `run.step(i, sigma, sigma_next, z, **extra)`
+    `run.model` counts NFE; `run.kernels` are the step kernels of the run's `config` (a RunConfig; None:
+    eager defaults); `run.graphed(fn)` is the step function `fn(*tensors)` captured in a CUDA graph when
+    the config asks for it, else `fn`; `run.step(i, sigma, sigma_next, z, **extra)`
     keeps the trajectory and calls the callback with {"i", "sigma", "sigma_next", "z", "nfe", **extra};
     `run.result(z)` stops the clock.
     """
 
     def __init__(
-        self, model: VelocityModel, x0: torch.Tensor, callback: StepCallback | None, keep_trajectory: bool
+        self,
+        model: VelocityModel,
+        x0: torch.Tensor,
+        callback: StepCallback | None,
+        keep_trajectory: bool,
+        config: RunConfig | None = None,
     ) -> None:
+        self.config = config or RunConfig()
+        self.kernels = StepKernels(self.config.kernels)
         self.model = NFECounter(model)
         self.clock = Stopwatch(x0.device)
         self.callback = callback
@@ -155,7 +165,7 @@ class InversionRun:
         self.device = x0.device
 
     def graphed(self, fn: Callable[..., Any], *, enabled: bool = True) -> Callable[..., Any]:
-        return graphed(fn, self.model, self.device, enabled=enabled)
+        return graphed(fn, self.model, self.device, capture=enabled and self.config.cuda_graphs)
 
     def step(
         self, i: int, sigma: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor, **extra: Any

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.methods.base import (
@@ -17,6 +16,7 @@ from fastinv.methods.base import (
     upward_steps,
 )
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 from fastinv.solver.model import SolverModel
 
 REFERENCE_BLEND = {"blend": 0.1, "blend_window": (0.05, 0.4)}
@@ -32,6 +32,7 @@ def invert_deepinv(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
     solver: SolverModel | None = None,
     blend: float = 0.0,
     blend_window: tuple[float, float] = (0.05, 0.4),
@@ -52,7 +53,7 @@ def invert_deepinv(
         raise FastinvError("deepinv needs a trained solver (fastinv train writes one): pass --solver DIR")
     if not 0.0 <= blend < 1.0:
         raise FastinvError(f"deepinv blend must be in [0, 1), got {blend}")
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     n, x0 = len(sigmas) - 1, x0.float()
     warm = bool(solver.warm_start)
 
@@ -64,11 +65,11 @@ def invert_deepinv(
         h: torch.Tensor,
         h_update: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        point = kernels.deepinv_update(z, eps, h) if warm else z  # z + h·ε̂_{k−1}: the warm start
+        point = run.kernels.deepinv_update(z, eps, h) if warm else z  # z + h·ε̂_{k−1}: the warm start
         v = run.model(point, s_next, cond)
         eps = solver(v, z, x0, s, s_next, cond, eps)
         # the solver's corrected noise replaces v in the Euler step (h_update = (1 − b)·h in a blend)
-        return kernels.deepinv_update(z, eps, h_update), eps
+        return run.kernels.deepinv_update(z, eps, h_update), eps
 
     step = run.graphed(deepinv_step)
     z, eps = x0, torch.zeros_like(x0)

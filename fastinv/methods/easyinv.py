@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.methods.base import (
     InversionResult,
@@ -16,6 +15,7 @@ from fastinv.methods.base import (
     upward_steps,
 )
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 PAPER = {"eta": 0.5, "window": (0.05, 0.25)}
 """The paper's SD-class setting (SD-V1.4 in the authors' example.py): η = 0.5 over 5 %–25 % of the steps."""
@@ -32,6 +32,7 @@ def invert_easyinv(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
     eta: float = 0.8,
     window: tuple[float, float] = (0.85, 0.95),
 ) -> InversionResult:
@@ -50,7 +51,7 @@ def invert_easyinv(
     Defaults are SDXL_CODE, chosen by data: on the shipped model (6 held-out photos, 10 and 25 steps,
     benchmarks/results/methods.json) it beat Euler by 1.4 and 1.2 dB PSNR, while PAPER lost 0.2 and 0.7 dB.
     """
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     n, (start, end) = len(sigmas) - 1, window
 
     def easyinv_step(
@@ -58,7 +59,7 @@ def invert_easyinv(
     ) -> tuple[torch.Tensor, torch.Tensor]:
         v = run.model(z, sigma, cond)
         # Kalman-style aggregation with the previous step's latent (weight 1 outside the window), then Euler
-        return kernels.easyinv_update(z, z_prev, v, h, weight)
+        return run.kernels.easyinv_update(z, z_prev, v, h, weight)
 
     step = run.graphed(easyinv_step)
     z = x0.float()

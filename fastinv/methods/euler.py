@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.methods.base import (
     InversionResult,
@@ -15,6 +14,7 @@ from fastinv.methods.base import (
     upward_steps,
 )
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 
 @torch.no_grad()
@@ -26,18 +26,19 @@ def invert_euler(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
 ) -> InversionResult:
     """Walk the sampling schedule backwards, σ_N = 0 → σ_0, evaluating v at the known point.
 
     x0: [B, C, H, W] clean latents; sigmas: N+1 float64 sigmas in sampling order (1 → 0).
     Step: z(σ_i) = z(σ_{i+1}) + (σ_i − σ_{i+1})·v(z(σ_{i+1}), σ_{i+1}).
     """
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
 
     def euler_step(z: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         v, v_null = run.model.branches(z, sigma, cond)
         # Euler step, upward in σ (CFG combine fused into the update)
-        return kernels.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
+        return run.kernels.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
 
     step = run.graphed(euler_step)
     z = x0.float()

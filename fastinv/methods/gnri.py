@@ -27,6 +27,7 @@ from fastinv.methods.base import (
     upward_steps,
 )
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 
 def gnri_objective(
@@ -58,6 +59,7 @@ def invert_gnri(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
     iterations: int = 1,
     prior_weight: float = 0.1,
     eps: float = 1e-12,
@@ -79,7 +81,7 @@ def invert_gnri(
         raise FastinvError(
             f"GNRI needs iterations >= 0, prior_weight >= 0, eps > 0: {iterations}, {prior_weight}, {eps}"
         )
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     x0 = x0.float()
     z = x0
     v = run.model(z, sigma_batch(sigmas[-1], z), cond)  # v(z_N, σ_N); then the chosen iterate's, reused

@@ -25,6 +25,7 @@ from fastinv.methods.base import (
     upward_steps,
 )
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 FAST: Mapping[str, Any] = MappingProxyType({"eta": 1e-2, "lr": 0.5, "max_iters": 10})
 """Table 2's "PreciseInv (η = 10⁻²)" (the faster row); lr and max_iters are ours (see invert_preciseinv)."""
@@ -41,6 +42,7 @@ def invert_preciseinv(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
     eta: float = FAST["eta"],
     lr: float = FAST["lr"],
     max_iters: int = FAST["max_iters"],
@@ -58,7 +60,7 @@ def invert_preciseinv(
     """
     if eta < 0 or lr <= 0 or max_iters < 0:
         raise FastinvError(f"PreciseInv needs eta >= 0, lr > 0, max_iters >= 0: {eta}, {lr}, {max_iters}")
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     z = x0.float()
     v = run.model(z, sigma_batch(sigmas[-1], z), cond)  # v(z_N, σ_N); then the last loss evaluation's, reused
     for i, sigma, sigma_next in upward_steps(sigmas):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.kernels.reference import per_sample
@@ -18,6 +17,7 @@ from fastinv.methods.base import (
 )
 from fastinv.methods.noise_regularization import regularize_noise
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 
 @torch.no_grad()
@@ -29,6 +29,7 @@ def invert_renoise(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
     iterations: int = 4,
     average_last: int = 2,
     lambda_ac: float = 0.0,
@@ -57,7 +58,7 @@ def invert_renoise(
     """
     if iterations < 0 or average_last < 1:
         raise FastinvError(f"ReNoise needs iterations >= 0, average_last >= 1: {iterations}, {average_last}")
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     generator = torch.Generator().manual_seed(seed)
     # the reference's noise: one draw per inversion, as the authors
     xi = torch.randn(x0.shape, generator=generator).to(x0.device) if lambda_kl > 0 else None
@@ -69,12 +70,13 @@ def invert_renoise(
     def renoise_step(
         z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, h: torch.Tensor
     ) -> torch.Tensor:
-        iterate, average = kernels.renoise_update(
+        iterate, average = run.kernels.renoise_update(
             z, run.model(z, sigma, cond), h, torch.zeros_like(z), weights[0]
         )
         for weight in weights[1:]:
             # renoise: re-evaluate the velocity at the current estimate of z(σ_i)
-            iterate, average = kernels.renoise_update(z, run.model(iterate, target, cond), h, average, weight)
+            v = run.model(iterate, target, cond)
+            iterate, average = run.kernels.renoise_update(z, v, h, average, weight)
         return average
 
     def regularized_step(

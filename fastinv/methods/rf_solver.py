@@ -7,6 +7,7 @@ import torch
 from fastinv.conditioning import Conditioning
 from fastinv.methods.base import InversionResult, InversionRun, StepCallback, sigma_batch, upward_steps
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 
 @torch.no_grad()
@@ -18,6 +19,7 @@ def invert_rf_solver(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
 ) -> InversionResult:
     """Explicit midpoint rule upward in σ, 2 NFE/step; h = σ_i − σ_{i+1} > 0:
 
@@ -26,7 +28,7 @@ def invert_rf_solver(
     RF-Solver writes the update as the Taylor form z + h·v1 + (h²/2)·(v_mid − v1)/(h/2), which is the same
     expression; the midpoint form is used here (no division by h).
     """
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     z = x0.float()
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = float(sigma_next - sigma)
@@ -46,6 +48,7 @@ def invert_fireflow(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
 ) -> InversionResult:
     """The midpoint rule of `invert_rf_solver` with v1 reused from the previous step: N+1 NFE in all.
 
@@ -55,7 +58,7 @@ def invert_fireflow(
 
     v1 is off by O(h), so z_mid is off by O(h²) and the scheme stays second order (FireFlow's argument).
     """
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     z = x0.float()
     v_mid: torch.Tensor | None = None
     for i, sigma, sigma_next in upward_steps(sigmas):

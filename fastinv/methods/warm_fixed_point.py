@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from fastinv import kernels
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.kernels.reference import guided
@@ -25,6 +24,7 @@ from fastinv.methods.base import (
     upward_steps,
 )
 from fastinv.models.base import VelocityModel
+from fastinv.run_config import RunConfig
 
 
 @torch.no_grad()
@@ -36,6 +36,7 @@ def invert_warm_fixed_point(
     *,
     callback: StepCallback | None = None,
     keep_trajectory: bool = False,
+    config: RunConfig | None = None,
     corrections: int = 1,
 ) -> InversionResult:
     """`corrections` = c fixed-point iterations per step, warm-started; c·N + 1 NFE.
@@ -52,19 +53,19 @@ def invert_warm_fixed_point(
     """
     if isinstance(corrections, bool) or not isinstance(corrections, int) or corrections < 1:
         raise FastinvError(f"warm_fixed_point corrections must be an integer >= 1, got {corrections!r}")
-    run = InversionRun(model, x0, callback, keep_trajectory)
+    run = InversionRun(model, x0, callback, keep_trajectory, config)
     guidance = cond.guidance_scale
 
     def fixed_point_step(
         z: torch.Tensor, f: torch.Tensor, s_next: torch.Tensor, h: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        point = kernels.cfg_euler_update(z, f, h)  # the warm start z + h·f
+        point = run.kernels.cfg_euler_update(z, f, h)  # the warm start z + h·f
         best_residual = torch.full((z.shape[0],), torch.inf, device=z.device)
         best = (point, f)
         for _ in range(corrections):
             v, v_null = run.model.branches(point, s_next, cond)
             # fixed-point iterate: f ← g(f), and the point z + h·g(f) where g is evaluated next
-            point, f_next = kernels.fixed_point_update(z, v, h, v_null=v_null, guidance=guidance)
+            point, f_next = run.kernels.fixed_point_update(z, v, h, v_null=v_null, guidance=guidance)
             if corrections > 1:
                 residual = (f_next - f).flatten(1).norm(dim=1)  # ‖g(f_j) − f_j‖, scoring g(f_j)
                 best_residual, best = keep_best(residual, best_residual, (point, f_next), best)

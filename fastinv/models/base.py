@@ -52,12 +52,10 @@ class TransformerVelocity:
     Subclasses implement `predict(z, sigma, prompt_embeds, pooled_embeds, cond)` for a batch whose
     text tensors already match the batch size; this class does the CFG batching and blend, the
     dtype round trip (float32 state, network dtype inside) and the fp16 overflow check.
-    `engine` names what runs `predict` (torch here; ort and trt for exported graphs); `cuda_graphs` asks
-    the methods to capture their steps in CUDA graphs (the torch fast path sets it).
+    `engine` names what runs `predict` (torch here; ort and trt for exported graphs).
     """
 
     engine = "torch"
-    cuda_graphs = False
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         self.network = network

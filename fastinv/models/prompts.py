@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fastinv.errors import FastinvError
-from fastinv.io import atomic_write
+from fastinv.files import atomic_write
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

@@ -47,7 +47,7 @@ def engine_folder(engine: str, engine_dir: str | Path | None) -> Path | None:
     if not folder.is_dir():
         raise FastinvError(f"engine folder not found: {folder}")
     if engine == "trt":
-        from fastinv.runtime.trt import tensorrt_module
+        from fastinv.runtime.tensorrt.engine import tensorrt_module
 
         tensorrt_module()  # before the model loads: one line when TensorRT is missing
     return folder
@@ -71,7 +71,7 @@ def engine_velocity(engine: str, folder: Path, model: FlowModel, precision: str)
         from fastinv.runtime.ort import OrtVelocity
 
         return OrtVelocity.load(onnx_file(folder, "velocity", precision), model=model, precision=precision)
-    from fastinv.runtime.trt import TrtVelocity
+    from fastinv.runtime.tensorrt.engine import TrtVelocity
 
     return TrtVelocity.load(folder, model=model, precision=precision)
 
@@ -100,6 +100,6 @@ def engine_solver(
 
         path = folder / f"{graph_stem('solver', precision)}.onnx"
         return OrtSolver.load(path, config=config, precision=precision, device=device)
-    from fastinv.runtime.trt import TrtSolver
+    from fastinv.runtime.tensorrt.engine import TrtSolver
 
     return TrtSolver.load(folder, config=config, precision=precision, device=device)

@@ -1,75 +1,29 @@
-"""The GPU fast path of the torch backend: the plain path plus switches (bf16, torch.compile, CUDA graphs,
-Triton glue), not a second implementation.
-
-- bf16: `--dtype auto` already runs the networks in bf16 on a GPU (float32 latent state throughout).
-- compile: `torch.compile` of the denoiser and solver networks (fixed shapes, inductor's default mode, so
-  that the compiled code can itself be captured in a CUDA graph).
-- cuda_graphs: each inversion/sampling step (network calls + fused glue) is captured once per run in a
-  CUDA graph by `StepGraph` and replayed for the remaining steps.
-- kernels: "auto" runs the fused Triton step kernels on CUDA tensors, "torch" their references
-  (which torch.compile may fuse); see `fastinv.kernels`.
+"""The GPU fast path of the torch backend, switched by `fastinv.run_config.RunConfig`: the plain path
+plus torch.compile of the networks (`compiled`) and CUDA-graph capture of the steps (`StepGraph`), not a
+second implementation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from copy import copy as shallow_copy
+from typing import Any, TypeVar
 
 import torch
 
 from fastinv.errors import FastinvError
-from fastinv.kernels import BACKENDS
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class FastPath:
-    """Which fast-path switches are on; `FastPath.resolve` gives the defaults (on for CUDA, off on CPU)."""
-
-    compile: bool = False
-    cuda_graphs: bool = False
-    kernels: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.kernels not in BACKENDS:
-            raise FastinvError(f"unknown kernel backend {self.kernels!r}: use {' or '.join(BACKENDS)}")
-
-    @classmethod
-    def resolve(
-        cls,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        enabled: bool | None = None,
-        compile: bool | None = None,
-        cuda_graphs: bool | None = None,
-        kernels: str = "auto",
-    ) -> FastPath:
-        """enabled None = on for CUDA devices; per-switch values override it. CUDA graphs need a CUDA device
-        and no fp16 (its overflow check reads the result on the host every step, which a graph cannot)."""
-        on = device.type == "cuda" if enabled is None else enabled
-        compile = on if compile is None else compile
-        graphs = on if cuda_graphs is None else cuda_graphs
-        if graphs and device.type != "cuda":
-            if cuda_graphs:
-                raise FastinvError(f"CUDA graphs need a CUDA device, the model runs on {device}")
-            graphs = False
-        if graphs and dtype == torch.float16:
-            if cuda_graphs:
-                raise FastinvError("CUDA graphs cannot run fp16 (its per-step overflow check): use bf16")
-            graphs = False
-        return cls(compile=compile, cuda_graphs=graphs, kernels=kernels)
-
-    def describe(self) -> str:
-        """One line for logs and result files, e.g. "compile+cuda_graphs, kernels=auto"."""
-        switches = [name for name in ("compile", "cuda_graphs") if getattr(self, name)]
-        return f"{'+'.join(switches) or 'eager'}, kernels={self.kernels}"
-
-
-def compile_network(holder: Any) -> None:
-    """torch.compile `holder.network` in place (a velocity adapter or a TorchSolver); idempotent."""
-    if not isinstance(holder.network, torch._dynamo.eval_frame.OptimizedModule):
-        holder.network = torch.compile(holder.network, dynamic=False)
+def compiled(holder: T) -> T:
+    """A copy of `holder` (a velocity adapter or a TorchSolver) whose `network` is torch.compiled
+    (fixed shapes); `holder` itself is not changed. Already compiled: `holder`."""
+    if isinstance(holder.network, torch._dynamo.eval_frame.OptimizedModule):
+        return holder
+    copy = shallow_copy(holder)
+    copy.network = torch.compile(holder.network, dynamic=False)
+    return copy
 
 
 CAPTURE_DEVICES = ("cuda",)
@@ -137,9 +91,8 @@ class StepGraph:
 
 
 def graphed(
-    fn: Callable[..., Any], counter: Any, device: torch.device, *, enabled: bool = True
+    fn: Callable[..., Any], counter: Any, device: torch.device, *, capture: bool
 ) -> Callable[..., Any]:
-    """`fn` as a StepGraph when the model behind `counter` asks for CUDA graphs and runs on a CUDA
-    `device`; else `fn` itself. `enabled=False` for steps that cannot be captured (host randomness)."""
-    wants = getattr(counter.model, "cuda_graphs", False)
-    return StepGraph(fn, counter) if enabled and wants and device.type in CAPTURE_DEVICES else fn
+    """`fn` as a StepGraph when `capture` (the run's cuda_graphs, and a step that can be captured: no host
+    randomness) and `device` is a CUDA device; else `fn` itself."""
+    return StepGraph(fn, counter) if capture and device.type in CAPTURE_DEVICES else fn

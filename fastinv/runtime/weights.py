@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from fastinv.errors import FastinvError
-from fastinv.io import save_json
+from fastinv.files import save_json
 
 CHUNK = 1 << 24
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastinv.errors import FastinvError
-from fastinv.io import atomic_write, publish_folder
+from fastinv.files import atomic_write, publish_folder
 from fastinv.solver.steps import Steps
 
 FOLDER = "checkpoints"

@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fastinv.errors import FastinvError
-from fastinv.io import load_image
+from fastinv.images import IMAGE_SUFFIXES, image_files, load_image
 from fastinv.models.base import FlowModel
 from fastinv.training.photos import TRAIN, photo_tensor
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def source_images(images: str | Path) -> dict[str, torch.Tensor]:
@@ -24,7 +22,7 @@ def source_images(images: str | Path) -> dict[str, torch.Tensor]:
     folder = Path(images)
     if not folder.is_dir():
         raise FastinvError(f"image folder not found: {folder} (or pass --images skimage)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise FastinvError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return {p.stem: load_image(p).pixels[0] for p in files}

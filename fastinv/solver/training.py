@@ -1,5 +1,8 @@
 """Self-supervised DeepInv training (`fastinv train`): the solver learns each step's exact fixed point.
 
+The recipe is `fastinv.solver.recipe.SolverTrainConfig`; the loss log, its plot and the target report are
+in `fastinv.solver.training_log`.
+
 A run is `rounds` rounds of two phases (DAgger-style: collect where the current solver goes, then fit):
 1. Collect (`steps.collect_steps`): every crop is inverted with the current solver at each T of `steps`
    (e.g. 4, 6, 10, 25, 50); each step keeps the solver's inputs and the target f*, the step's fixed point
@@ -22,12 +25,10 @@ part, so `--resume` continues exactly where a run stopped, collection included.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,129 +41,15 @@ from torch.nn.parallel import DistributedDataParallel
 from fastinv.conditioning import Conditioning
 from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
-from fastinv.io import atomic_write, publish_folder, save_json
+from fastinv.files import publish_folder, save_json
 from fastinv.models.base import FlowModel
 from fastinv.solver import checkpoints
 from fastinv.solver.data import encode, fixed_crops, source_images
 from fastinv.solver.model import TorchSolver, check_solver_fits
 from fastinv.solver.presets import preset
+from fastinv.solver.recipe import SolverTrainConfig
 from fastinv.solver.steps import Steps, collect_steps
-
-DEFAULT_RECIPE = Path(__file__).with_name("default_solver.json")
-"""The recipe of the solver shipped with the default model."""
-
-
-@dataclass(frozen=True)
-class SolverTrainConfig:
-    """One training run. `size`: the crop side in pixels (None: the model's fixed resolution); `solver`
-    overrides the preset's network arguments; `steps`: the schedule lengths T collected every round."""
-
-    seed: int
-    preset: str
-    solver: dict[str, Any]
-    size: int | None
-    crops_per_image: int
-    crop_scale: tuple[float, float]
-    prompt: str
-    steps: tuple[int, ...]
-    rounds: int
-    epochs: int
-    batch_size: int
-    fit_batch: int
-    tolerance: float
-    max_evaluations: int
-    anderson_memory: int
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    warmup: int
-    log_every: int
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SolverTrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown, missing = set(values) - names, names - set(values)
-        if unknown or missing:
-            problem = f"unknown {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"
-            raise FastinvError(f"solver training config: {problem}")
-        values = dict(values)
-        for key in ("crop_scale", "steps"):
-            if not isinstance(values[key], list | tuple):
-                raise FastinvError(f"training option {key} must be a list, got {values[key]!r}")
-            values[key] = tuple(values[key])
-        config = cls(**values)
-        config.validate()
-        return config
-
-    @classmethod
-    def read(cls, path: Path, overrides: dict[str, Any] | None = None) -> SolverTrainConfig:
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise FastinvError(f"cannot read training config {path}: {err}") from err
-        if not isinstance(values, dict):
-            raise FastinvError(f"training config {path} must be a JSON object")
-        return cls.from_dict(values | (overrides or {}))
-
-    def validate(self) -> None:
-        """One-line errors naming the option and what is allowed."""
-
-        def integer(name: str, lo: int, hi: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise FastinvError(
-                    f"training option {name} must be an integer in [{lo}, {hi}], got {value!r}"
-                )
-
-        def number(name: str, lo: float, hi: float, *, open_low: bool = False) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value > hi or value < lo or (open_low and value == lo):
-                bound = "(" if open_low else "["
-                raise FastinvError(
-                    f"training option {name} must be a number in {bound}{lo}, {hi}], got {value!r}"
-                )
-
-        for name, lo, hi in (
-            ("seed", 0, 2**63 - 1),
-            ("crops_per_image", 1, 10_000),
-            ("rounds", 1, 100),
-            ("epochs", 1, 10_000),
-            ("batch_size", 1, 4096),
-            ("fit_batch", 1, 65_536),
-            ("max_evaluations", 1, 10_000),
-            ("anderson_memory", 1, 100),
-            ("warmup", 0, 10**9),
-            ("log_every", 1, 10**9),
-        ):
-            integer(name, lo, hi)
-        number("tolerance", 0.0, 1.0, open_low=True)
-        number("lr", 0.0, 1.0, open_low=True)
-        number("weight_decay", 0.0, 1.0)
-        number("grad_clip", 0.0, 1e6, open_low=True)
-        if self.size is not None:
-            integer("size", 1, 1 << 14)
-        if not isinstance(self.preset, str) or not isinstance(self.prompt, str):
-            raise FastinvError("training options preset and prompt must be strings")
-        if not isinstance(self.solver, dict):
-            raise FastinvError(
-                f"training option solver must be an object of network settings, got {self.solver!r}"
-            )
-        if not self.steps or any(
-            isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1000 for t in self.steps
-        ):
-            raise FastinvError(
-                f"training option steps must be a list of integers in [1, 1000], got {list(self.steps)}"
-            )
-        scale = self.crop_scale
-        if (
-            len(scale) != 2
-            or not all(isinstance(s, int | float) and math.isfinite(s) for s in scale)
-            or not 1 <= scale[0] <= scale[1]
-        ):
-            raise FastinvError(
-                f"training option crop_scale must be [lo, hi] with 1 <= lo <= hi, got {list(scale)}"
-            )
+from fastinv.solver.training_log import plot_loss, read_log, target_report, write_log
 
 
 @dataclass
@@ -186,71 +73,6 @@ def _world() -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def plot_loss(rows: list[dict[str, Any]], path: Path) -> None:
-    """Loss vs optimiser step, one colour per round, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for round_ in sorted({r["round"] for r in rows}):
-        picked = [r for r in rows if r["round"] == round_]
-        ax.plot([r["step"] for r in picked], [r["loss"] for r in picked], lw=1, label=f"round {round_}")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("fit loss (mean over log interval)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
-LOG_COLUMNS = ("step", "round", "epoch", "loss", "seconds")
-
-
-def _write_log(out: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_write(out / "loss.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read_log(out: Path, upto_step: int) -> list[dict[str, Any]]:
-    path = out / "loss.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        rows = [
-            {k: (float(v) if k in ("loss", "seconds") else int(v)) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
-    return [r for r in rows if r["step"] <= upto_step]
-
-
-def target_report(steps: Steps, tolerance: float) -> list[dict[str, Any]]:
-    """Per schedule length T and step k: the fixed-point residuals reached (median, max), the share of
-    targets below `tolerance`, and the mean denoiser calls per solve."""
-    rows = []
-    for t in sorted(set(steps.steps.tolist())):
-        for k in range(t):
-            picked = (steps.steps == t) & (steps.k == k)
-            residual = steps.residual[picked]
-            rows.append(
-                {
-                    "T": t,
-                    "k": k,
-                    "median_residual": float(residual.median()),
-                    "max_residual": float(residual.max()),
-                    "converged": float((residual < tolerance).float().mean()),
-                    "mean_evaluations": float(steps.evaluations[picked].float().mean()),
-                }
-            )
-    return rows
 
 
 class SolverTrainer:
@@ -316,7 +138,7 @@ class SolverTrainer:
             ids = [model.device.index] if model.device.type == "cuda" else None
             self.network = DistributedDataParallel(self.solver, device_ids=ids)
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=model.device.type == "cuda")
-        self.rows = _read_log(out, self.position.step) if self.rank == 0 else []
+        self.rows = read_log(out, self.position.step) if self.rank == 0 else []
 
     # -- collect ------------------------------------------------------------------------------------------
 
@@ -427,7 +249,7 @@ class SolverTrainer:
     def _checkpoint(self) -> None:
         self.position.checkpoint += 1
         if self.rank == 0:  # the log first: rows past the checkpoint are dropped on resume
-            _write_log(self.out, self.rows)
+            write_log(self.out, self.rows)
             checkpoints.save(
                 self.out,
                 self.position.checkpoint,
@@ -537,4 +359,4 @@ def train_solver(
     return SolverTrainer(model, config, images, out, resume, force).run()
 
 
-__all__ = ["DEFAULT_RECIPE", "SolverTrainConfig", "train_solver"]
+__all__ = ["train_solver"]

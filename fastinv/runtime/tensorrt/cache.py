@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fastinv.errors import FastinvError
-from fastinv.io import publish_files
-from fastinv.runtime.profile import Profile
+from fastinv.files import publish_files
 from fastinv.runtime.spec import GraphSpec
+from fastinv.runtime.tensorrt.profile import Profile
 
 SUFFIX = ".engine"
 REBUILD = "rebuild it with `fastinv export --format trt`"

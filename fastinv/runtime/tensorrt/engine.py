@@ -3,7 +3,7 @@
 Inputs and outputs are torch tensors whose `data_ptr`s go to `set_tensor_address`; `execute_async_v3`
 runs on `torch.cuda.current_stream()`, so torch kernels before and after are ordered with the engine's
 without a host sync. Optionally each input shape is captured once as a CUDA graph and replayed. Engines
-come from `fastinv.export.tensorrt`; their sidecar (`fastinv.runtime.engine_cache`) is checked against
+come from `fastinv.export.tensorrt`; their sidecar (`fastinv.runtime.tensorrt.cache`) is checked against
 this TensorRT, this GPU and every call's shapes before anything runs.
 
 Every decision (dtype table, binding, profile and cache checks) is a plain function that runs without
@@ -22,8 +22,8 @@ import torch
 
 from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel
-from fastinv.runtime.engine_cache import check_built_for, find_engine, read_facts
 from fastinv.runtime.graph import GraphSolver, GraphVelocity, graph_stem
+from fastinv.runtime.tensorrt.cache import check_built_for, find_engine, read_facts
 from fastinv.solver.model import solver_family
 
 MIN_VERSION = 10
