@@ -11,8 +11,8 @@ FluxVelocity): 1024² (latent float32 [B, 16, 128, 128]), σ = 0.5, prompt embed
 (L = 333 tokens for SD3, 512 for FLUX), no CFG, so one NFE = one transformer forward at batch B.
 
 Variants: eager; compile (fastinv.runtime.fast_path.compiled); compile+cuda-graph (the call captured
-by fastinv's StepGraph, as the inversion steps are); cuda-graph (StepGraph, no compile). Per variant: the
-first call (compilation, graph warm-up) and, for graphs, the second (capture) are timed in wall seconds;
+by fastinv's CapturedStep, as the inversion steps are); cuda-graph (CapturedStep, no compile). Per variant:
+the first call (compilation, graph warm-up) and, for graphs, the second (capture) are timed in wall seconds;
 then --warmup untimed calls; then --repeats back-to-back calls timed by CUDA events: median, p20, p80 ms
 per NFE, speed-up vs eager, and the relative difference of the velocity from eager's. MFU: FLOPs of one
 forward (fastinv.solver.flops.count_flops on the meta device: matmuls and attention, multiply-add = 2,
@@ -56,7 +56,7 @@ from fastinv.methods.base import NFECounter, Stopwatch
 from fastinv.models.base import TransformerVelocity
 from fastinv.models.flux import FluxVelocity
 from fastinv.models.sd3 import SD3Velocity
-from fastinv.runtime.fast_path import StepGraph, compiled
+from fastinv.runtime.fast_path import CapturedStep, compiled
 from fastinv.solver.flops import FLUX_DEV, SD3_MEDIUM, TARGETS, Cost, flux_cost, sd3_cost
 
 RESULT = Path(__file__).resolve().parent / "results" / "denoiser.json"
@@ -140,7 +140,7 @@ TINY = (
 
 @dataclass(frozen=True)
 class Variant:
-    """How the velocity is called: compile = torch.compile'd transformer; graph = through a StepGraph."""
+    """How the velocity is called: compile = torch.compile'd transformer; graph = through a CapturedStep."""
 
     name: str
     compile: bool
@@ -265,13 +265,13 @@ def run_variant(
     def direct(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return counter(z, sigma, cond)
 
-    call = StepGraph(direct, counter) if variant.graph else direct
+    call = CapturedStep(direct, counter) if variant.graph else direct
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     live_at_start = torch.cuda.memory_allocated(device) / 2**30 if cuda else None
     watch = Stopwatch(device)
-    v = call(z, sigma)  # compiles; a StepGraph's eager warm-up
+    v = call(z, sigma)  # compiles; a CapturedStep's eager warm-up
     first_call_s, capture_s = watch.seconds(), None
     if variant.graph:
         watch = Stopwatch(device)

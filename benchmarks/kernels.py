@@ -9,7 +9,7 @@ as the methods call it: bf16 velocity / noise, float32 state, per-sample [B] h (
 output is first checked against the eager reference (bf16 tolerance). Times, in µs: median (p20, p80) of
 --repeats calls after --warmup; on CUDA from CUDA events around each call ("call": host launch overhead
 included) and around replays of a CUDA graph of --graph-calls calls, per call ("graph": device time, what
-the fast path's StepGraph replays). GB/s = the bytes the op must move (each input read once, each output
+the fast path's CapturedStep replays). GB/s = the bytes the op must move (each input read once, each output
 written once) / median time, next to the device's copy bandwidth (a 1 GiB device-to-device copy_,
 read + write). Writes the JSON (every figure, command, hardware, versions) to --out.
 """

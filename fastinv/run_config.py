@@ -1,13 +1,13 @@
 """How a run executes, as one immutable value: device, dtype and the torch engine's fast-path switches.
 
 The Inverter holds it; it reaches every method and the sampler as their `config` argument (methods
-call `run.kernels` and `run.graphed`, which read it); each output set records it.
+call `run.kernels` and `run.captured`, which read it); each output set records it.
 
 - dtype: the networks' precision (bf16 by default on a GPU, fp32 on CPU); the latent state is float32.
 - compile: `torch.compile` of the denoiser and solver networks (fixed shapes, inductor's default mode, so
   that the compiled code can itself be captured in a CUDA graph).
 - cuda_graphs: each inversion/sampling step (network calls + fused glue) is captured once per run in a
-  CUDA graph (`fastinv.runtime.fast_path.StepGraph`) and replayed for the remaining steps.
+  CUDA graph (`fastinv.runtime.fast_path.CapturedStep`) and replayed for the remaining steps.
 - kernels: "auto" runs the fused Triton step kernels on CUDA tensors, "torch" their references (which
   torch.compile may fuse); see `fastinv.kernels`.
 """

@@ -14,7 +14,7 @@ from fastinv.kernels.reference import guided, per_sample
 from fastinv.methods.base import NFECounter, StepCallback, sigma_batch, step_size
 from fastinv.models.base import VelocityModel
 from fastinv.run_config import RunConfig
-from fastinv.runtime.fast_path import graphed
+from fastinv.runtime.fast_path import captured
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def sample_euler(
         # Euler method
         return ops.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
 
-    step = graphed(euler_step, model, z.device, capture=config.cuda_graphs)
+    step = captured(euler_step, model, z.device, capture=config.cuda_graphs)
     z = z.float()
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

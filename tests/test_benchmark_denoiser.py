@@ -1,7 +1,7 @@
 """benchmarks/denoiser.py, the GPU benchmark of the denoiser's time per NFE, exercised on CPU.
 
 The smoke run (--device cpu --tiny) goes through the same code as the GPU run, on tiny SD3 / FLUX-dev
-transformers. The CUDA-graph variant, which needs CUDA, runs in-process with a CPU stand-in for StepGraph
+transformers. The CUDA-graph variant, which needs CUDA, runs in-process with a CPU stand-in for CapturedStep
 that keeps its bookkeeping (warm-up call, capture, replays that add to the NFE counter without calling it).
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from fastinv.runtime.fast_path import StepGraph
+from fastinv.runtime.fast_path import CapturedStep
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "denoiser.py"
 SMOKE = ("--device", "cpu", "--tiny")
@@ -114,9 +114,9 @@ def test_bad_arguments(
         main(denoiser, monkeypatch, *args)
 
 
-class ReplayStepGraph(StepGraph):
-    """StepGraph on CPU: the warm-up runs on the current stream, capture runs `fn` once, replay reruns it on
-    the captured input buffers into the output buffer, without counting (a graph replay calls no Python)."""
+class ReplayCapturedStep(CapturedStep):
+    """CapturedStep on CPU: the warm-up runs on the current stream, capture runs `fn` once, replay reruns it
+    on the captured input buffers into the output buffer, without counting (a replay calls no Python)."""
 
     def warm_up(self, inputs: tuple[torch.Tensor, ...]) -> Any:
         return self.fn(*inputs)
@@ -134,7 +134,7 @@ class ReplayStepGraph(StepGraph):
 def test_graph_variant_on_a_cpu_stand_in(
     denoiser: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(denoiser, "StepGraph", ReplayStepGraph)
+    monkeypatch.setattr(denoiser, "CapturedStep", ReplayCapturedStep)
     monkeypatch.setattr(denoiser, "skip_reason", lambda variant, device, compile_cpu: None)
     out = tmp_path / "x.json"
     args = ["--variants", "eager,cuda-graph", "--repeats", "3", "--warmup", "0", "--out", str(out)]
@@ -153,7 +153,7 @@ def test_a_failing_variant_is_reported_and_the_others_still_run(
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(denoiser, "compiled", no_compiler)
-    monkeypatch.setattr(denoiser, "StepGraph", ReplayStepGraph)
+    monkeypatch.setattr(denoiser, "CapturedStep", ReplayCapturedStep)
     monkeypatch.setattr(denoiser, "skip_reason", lambda variant, device, compile_cpu: None)
     out = tmp_path / "x.json"
     with pytest.raises(SystemExit, match="4 variant"):

@@ -1,6 +1,6 @@
 """The torch fast path: switch resolution, torch.compile, and CUDA-graph step capture.
 
-No GPU here, so capture is checked with a CPU stand-in (`TracedStepGraph`) that has a CUDA graph's
+No GPU here, so capture is checked with a CPU stand-in (`TracedCapturedStep`) that has a CUDA graph's
 semantics: it traces the step once (make_fx), freezing every Python scalar and branch, and replays the
 trace on the copied-in inputs. A method whose step closed over a per-step Python value would replay a
 stale value, as a real graph would; the control test below shows the stand-in catches exactly that.
@@ -26,12 +26,12 @@ from fastinv.errors import FastinvError
 from fastinv.methods.base import NFECounter
 from fastinv.run_config import RunConfig
 from fastinv.runtime import fast_path
-from fastinv.runtime.fast_path import StepGraph, graphed
+from fastinv.runtime.fast_path import CapturedStep, captured
 from fastinv.solver import TorchSolver
 
 
-class TracedStepGraph(StepGraph):
-    """StepGraph with capture = an FX trace (constants frozen) and replay = running it on the buffers."""
+class TracedCapturedStep(CapturedStep):
+    """CapturedStep with capture = an FX trace (constants frozen) and replay = running it on the buffers."""
 
     replays = 0
 
@@ -43,7 +43,7 @@ class TracedStepGraph(StepGraph):
         self.outputs = self.graph(*self.inputs)
 
     def replay(self) -> None:
-        TracedStepGraph.replays += 1
+        TracedCapturedStep.replays += 1
         fresh = self.graph(*self.inputs)
         for buffer, value in zip(tree_leaves(self.outputs), tree_leaves(fresh), strict=True):
             buffer.copy_(value)
@@ -51,7 +51,7 @@ class TracedStepGraph(StepGraph):
 
 @pytest.fixture
 def cpu_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_path, "StepGraph", TracedStepGraph)
+    monkeypatch.setattr(fast_path, "CapturedStep", TracedCapturedStep)
     monkeypatch.setattr(fast_path, "CAPTURE_DEVICES", ("cpu",))
 
 
@@ -101,7 +101,7 @@ def test_step_graph_counts_calls_and_returns_fresh_tensors(cpu_graphs: None) -> 
         return z * sigma.view(-1, 1)
 
     counter = NFECounter(model)
-    step = TracedStepGraph(lambda z, s: counter(counter(z, s, None), s, None) + 1, counter)
+    step = TracedCapturedStep(lambda z, s: counter(counter(z, s, None), s, None) + 1, counter)
     z, s = torch.ones(2, 3), torch.full((2,), 2.0)
     outputs = [step(z, s), step(z, s), step(2 * z, s)]
     assert counter.calls == 6  # 2 calls per step: counted eagerly, then added per replay
@@ -115,7 +115,7 @@ def test_stand_in_freezes_python_values_like_a_cuda_graph(cpu_graphs: None) -> N
     """Control: a step closing over a per-step Python float replays the captured value."""
     counter = NFECounter(lambda z, sigma, cond: z)
     scale = [1.0]
-    step = TracedStepGraph(lambda z: counter(z, None, None) * scale[0], counter)
+    step = TracedCapturedStep(lambda z: counter(z, None, None) * scale[0], counter)
     results = []
     for value in (1.0, 2.0, 3.0):
         scale[0] = value
@@ -138,17 +138,17 @@ def test_graphed_steps_equal_eager(
     cpu_graphs: None, tiny_sd3_dir: Path, photo: np.ndarray, method: str, options: dict
 ) -> None:
     """Each method's step is a pure function of its tensor inputs: replays give the eager result, the
-    same NFE, and the Euler reconstruction (also graphed) matches."""
+    same NFE, and the Euler reconstruction (also captured) matches."""
     inv = fastinv.load(tiny_sd3_dir, device="cpu")
     if method == "deepinv":
         options = options | {"solver": TorchSolver(tiny_solver())}
-    runs, replays = {}, TracedStepGraph.replays
+    runs, replays = {}, TracedCapturedStep.replays
     for graphs in (False, True):
         inv.config = dataclasses.replace(inv.config, cuda_graphs=graphs)  # CPU capture: the stand-in
         res = inv.invert(photo, method=method, steps=6, **options)
         runs[graphs] = (res, inv.reconstruct(res))
     (eager, eager_rec), (replayed, replayed_rec) = runs[False], runs[True]
-    assert TracedStepGraph.replays - replays == 2 * 5  # steps 2–6 of the inversion and of the sampling
+    assert TracedCapturedStep.replays - replays == 2 * 5  # steps 2–6 of the inversion and of the sampling
     assert replayed.result.nfe == eager.result.nfe
     torch.testing.assert_close(replayed.z_T, eager.z_T, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(replayed_rec.latents, eager_rec.latents, rtol=1e-5, atol=1e-5)
@@ -156,8 +156,8 @@ def test_graphed_steps_equal_eager(
 
 def test_regularised_renoise_is_not_captured(cpu_graphs: None) -> None:
     counter = NFECounter(lambda z, sigma, cond: z)
-    assert isinstance(graphed(lambda z: z, counter, torch.device("cpu"), capture=True), TracedStepGraph)
-    assert not isinstance(graphed(lambda z: z, counter, torch.device("cpu"), capture=False), StepGraph)
+    assert isinstance(captured(lambda z: z, counter, torch.device("cpu"), capture=True), TracedCapturedStep)
+    assert not isinstance(captured(lambda z: z, counter, torch.device("cpu"), capture=False), CapturedStep)
 
 
 def test_compiled_networks_match_eager(tiny_sd3_dir: Path, photo: np.ndarray) -> None:

@@ -30,6 +30,10 @@ METHODS: dict[str, InversionMethod] = {
     "deepinv": invert_deepinv,
 }
 
+NEEDS_GRADIENTS = frozenset({"preciseinv"})
+"""Methods that backpropagate through the denoiser: only a differentiable backend runs them
+(`fastinv.runtime.backends.Backend.differentiable`)."""
+
 
 AUTO = "auto"
 """The default method name: deepinv where a trained solver is at hand, else warm_fixed_point. Measured on
@@ -96,6 +100,7 @@ def parse_options(name: str, pairs: list[str]) -> dict[str, Any]:
 __all__ = [
     "AUTO",
     "METHODS",
+    "NEEDS_GRADIENTS",
     "InversionMethod",
     "InversionResult",
     "NFECounter",

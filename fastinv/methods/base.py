@@ -13,7 +13,7 @@ from fastinv.conditioning import Conditioning
 from fastinv.kernels import StepKernels
 from fastinv.models.base import VelocityModel
 from fastinv.run_config import RunConfig
-from fastinv.runtime.fast_path import graphed
+from fastinv.runtime.fast_path import captured
 
 StepCallback = Callable[[dict[str, Any]], None]
 """Called after each step with {"i", "sigma", "sigma_next", "z", "nfe"}: progress bars, trajectories."""
@@ -142,7 +142,7 @@ class InversionRun:
     """The bookkeeping every method shares, so its function holds only the update rule.
 
     `run.model` counts NFE; `run.kernels` are the step kernels of the run's `config` (a RunConfig; None:
-    eager defaults); `run.graphed(fn)` is the step function `fn(*tensors)` captured in a CUDA graph when
+    eager defaults); `run.captured(fn)` is the step function `fn(*tensors)` captured in a CUDA graph when
     the config asks for it, else `fn`; `run.step(i, sigma, sigma_next, z, **extra)`
     keeps the trajectory and calls the callback with {"i", "sigma", "sigma_next", "z", "nfe", **extra};
     `run.result(z)` stops the clock.
@@ -164,8 +164,8 @@ class InversionRun:
         self.trajectory = [x0.float()] if keep_trajectory else None
         self.device = x0.device
 
-    def graphed(self, fn: Callable[..., Any], *, enabled: bool = True) -> Callable[..., Any]:
-        return graphed(fn, self.model, self.device, capture=enabled and self.config.cuda_graphs)
+    def captured(self, fn: Callable[..., Any], *, enabled: bool = True) -> Callable[..., Any]:
+        return captured(fn, self.model, self.device, capture=enabled and self.config.cuda_graphs)
 
     def step(
         self, i: int, sigma: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor, **extra: Any

@@ -71,7 +71,7 @@ def invert_deepinv(
         # the solver's corrected noise replaces v in the Euler step (h_update = (1 − b)·h in a blend)
         return run.kernels.deepinv_update(z, eps, h_update), eps
 
-    step = run.graphed(deepinv_step)
+    step = run.captured(deepinv_step)
     z, eps = x0, torch.zeros_like(x0)
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = step_size(sigma, sigma_next, z)

@@ -61,7 +61,7 @@ def invert_easyinv(
         # Kalman-style aggregation with the previous step's latent (weight 1 outside the window), then Euler
         return run.kernels.easyinv_update(z, z_prev, v, h, weight)
 
-    step = run.graphed(easyinv_step)
+    step = run.captured(easyinv_step)
     z = x0.float()
     z_prev = z
     for i, sigma, sigma_next in upward_steps(sigmas):

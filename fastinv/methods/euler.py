@@ -40,7 +40,7 @@ def invert_euler(
         # Euler step, upward in σ (CFG combine fused into the update)
         return run.kernels.cfg_euler_update(z, v, h, v_null=v_null, guidance=cond.guidance_scale)
 
-    step = run.graphed(euler_step)
+    step = run.captured(euler_step)
     z = x0.float()
     for i, sigma, sigma_next in upward_steps(sigmas):
         z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_next, z))

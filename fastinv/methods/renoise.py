@@ -105,8 +105,8 @@ def invert_renoise(
             point, at = z + h_z * v, s
         return z + h_z * regularized(noise_average, clean_average)
 
-    # the regularisers draw host randomness: never graphed
-    step = regularized_step if regularize else run.graphed(renoise_step)
+    # the regularisers draw host randomness: never captured
+    step = regularized_step if regularize else run.captured(renoise_step)
     z = clean_x0
     for i, sigma, sigma_next in upward_steps(sigmas):
         h = step_size(sigma, sigma_next, z)

@@ -74,7 +74,7 @@ def invert_warm_fixed_point(
             f = f_next
         return best
 
-    step = run.graphed(fixed_point_step)
+    step = run.captured(fixed_point_step)
     z = x0.float()
     f: torch.Tensor | None = None
     for i, sigma, sigma_next in upward_steps(sigmas):

@@ -1,5 +1,5 @@
 """The GPU fast path of the torch backend, switched by `fastinv.run_config.RunConfig`: the plain path
-plus torch.compile of the networks (`compiled`) and CUDA-graph capture of the steps (`StepGraph`), not a
+plus torch.compile of the networks (`compiled`) and CUDA-graph capture of the steps (`CapturedStep`), not a
 second implementation.
 """
 
@@ -27,10 +27,10 @@ def compiled(holder: T) -> T:
 
 
 CAPTURE_DEVICES = ("cuda",)
-"""Device types whose steps `graphed` captures."""
+"""Device types whose steps `captured` captures."""
 
 
-class StepGraph:
+class CapturedStep:
     """`fn(*tensors)` captured in a CUDA graph for fixed shapes, replayed with new inputs.
 
     Call 1 runs eagerly on a side stream (the warm-up a capture needs: compilation, autotuning, cuBLAS
@@ -90,9 +90,9 @@ class StepGraph:
         return self.outputs.clone()
 
 
-def graphed(
+def captured(
     fn: Callable[..., Any], counter: Any, device: torch.device, *, capture: bool
 ) -> Callable[..., Any]:
-    """`fn` as a StepGraph when `capture` (the run's cuda_graphs, and a step that can be captured: no host
+    """`fn` as a CapturedStep when `capture` (the run's cuda_graphs, and a step that can be captured: no host
     randomness) and `device` is a CUDA device; else `fn` itself."""
-    return StepGraph(fn, counter) if capture and device.type in CAPTURE_DEVICES else fn
+    return CapturedStep(fn, counter) if capture and device.type in CAPTURE_DEVICES else fn
