@@ -3,8 +3,9 @@ precision, the axes each input may vary along, and the patches diffusers models 
 
 Velocity graphs (SD3, FLUX): latents [B, C, H, W], sigma [B] σ ∈ [0, 1], prompt_embeds [B, L, D],
 pooled_embeds [B, P] and, for guidance-distilled FLUX (dev), guidance [B] → velocity [B, C, H, W]. They
-are the adapters' `predict` (σ → timestep conversion, FLUX packing and ids inside); CFG batching stays in
-Python (`TransformerVelocity.__call__`), so every engine runs the same method code.
+call the adapters' own forward (`sd3_velocity`, `flux_velocity`: σ → timestep conversion, FLUX packing
+inside); CFG batching stays in Python (`fastinv.models.base.cfg_branches`), so every engine runs the same
+method code.
 Solver graphs: paper design (family "deepinv"): v, z, x0 [B, C, H, W], text [B, L, D], sigma,
 sigma_next [B] σ, pooled [B, P] → eps; warm-start design (family "deepinv-warm"): v, z, x0, f_prev
 [B, C, H, W], sigma, sigma_next [B] σ → eps.
@@ -18,14 +19,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from diffusers import FluxPipeline
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
 import fastinv
 from fastinv.device import DTYPES
 from fastinv.errors import FastinvError
-from fastinv.models.base import FlowModel
+from fastinv.models.base import FlowModel, TransformerVelocity
+from fastinv.models.flux import flux_velocity
+from fastinv.models.sd3 import sd3_velocity
 from fastinv.runtime.spec import Axis, Dims, GraphSpec, normalized_config
 from fastinv.solver.model import SolverNetwork, TorchSolver
 
@@ -157,7 +159,7 @@ class ExportGraph(nn.Module):
 
 
 class SD3Graph(ExportGraph):
-    """SD3Velocity.predict: v = SD3Transformer2DModel(latents, timestep = σ·1000, prompt_embeds, pooled)."""
+    """SD3Velocity.predict (`fastinv.models.sd3.sd3_velocity`), float32 IO."""
 
     kind, family, output, output_like = "velocity", "sd3", "velocity", "latents"
 
@@ -168,14 +170,7 @@ class SD3Graph(ExportGraph):
         prompt_embeds: torch.Tensor,
         pooled_embeds: torch.Tensor,
     ) -> torch.Tensor:
-        v = self.network(
-            hidden_states=latents.to(self.dtype),
-            encoder_hidden_states=prompt_embeds.to(self.dtype),
-            pooled_projections=pooled_embeds.to(self.dtype),
-            timestep=(sigma * 1000).to(self.dtype),
-            return_dict=False,
-        )[0]
-        return v.float()
+        return sd3_velocity(self.network, self.dtype, latents, sigma, prompt_embeds, pooled_embeds).float()
 
     def axes(self) -> dict[str, Dims]:
         config = self.network.config
@@ -196,10 +191,9 @@ class SD3Graph(ExportGraph):
 
 
 class FluxGraph(ExportGraph):
-    """FluxVelocity.predict: pack 2×2 → FluxTransformer2DModel(timestep = σ, img/txt ids, guidance) → unpack.
-
-    guidance [B] is an input only for guidance-distilled (dev) transformers.
-    """
+    """FluxVelocity.predict (`fastinv.models.flux.flux_velocity`: pack 2×2 → FluxTransformer2DModel → unpack),
+    float32 IO, the image ids built in the graph; guidance [B] is an input only for guidance-distilled (dev)
+    transformers."""
 
     kind, family, output, output_like = "velocity", "flux", "velocity", "latents"
 
@@ -211,25 +205,10 @@ class FluxGraph(ExportGraph):
         pooled_embeds: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch, channels, height, width = latents.shape
-        packed = FluxPipeline._pack_latents(latents.to(self.dtype), batch, channels, height, width)
-        img_ids = FluxPipeline._prepare_latent_image_ids(
-            batch, height // 2, width // 2, latents.device, self.dtype
+        v = flux_velocity(
+            self.network, self.dtype, latents, sigma, prompt_embeds, pooled_embeds, guidance=guidance
         )
-        txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=latents.device, dtype=self.dtype)
-        v = self.network(
-            hidden_states=packed,
-            encoder_hidden_states=prompt_embeds.to(self.dtype),
-            pooled_projections=pooled_embeds.to(self.dtype),
-            timestep=sigma.to(self.dtype),
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            guidance=guidance,
-            return_dict=False,
-        )[0]
-        # FluxPipeline._unpack_latents calls int() on the sizes, which would freeze them in the graph
-        v = v.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return v.reshape(batch, channels, height, width).float()
+        return v.float()
 
     def axes(self) -> dict[str, Dims]:
         config = self.network.config
@@ -331,9 +310,9 @@ def velocity_graph(
     """
     dtype = _dtype(precision)
     graph_cls = {"sd3": SD3Graph, "flux": FluxGraph}.get(model.family)
-    network = getattr(model.velocity, "network", None)
-    if graph_cls is None or not isinstance(network, nn.Module):
+    if graph_cls is None or not isinstance(model.velocity, TransformerVelocity):
         raise FastinvError(f"cannot export {model.name}: its velocity is not a torch {model.family} model")
+    network = model.velocity.network
     if size is None and model.resolution is not None:
         width, height = model.resolution
         size = (height // model.codec.scale_factor, width // model.codec.scale_factor)

@@ -27,9 +27,8 @@ from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
 from fastinv.files import publish_files
 from fastinv.models.base import FlowModel
-from fastinv.runtime.ort import OrtGraph
+from fastinv.runtime.backends import get_backend
 from fastinv.runtime.spec import Axis, GraphSpec
-from fastinv.runtime.tensorrt.engine import TrtGraph
 from fastinv.runtime.weights import weights_digest
 from fastinv.solver.model import SolverNetwork, TorchSolver, solver_family
 
@@ -304,18 +303,18 @@ def check_parity(
     tolerance: float | None = None,
     engine: str = "ort",
 ) -> ParityReport:
-    """Run the graph at `path` in `engine` (ort: an ONNX file in ONNX Runtime; trt: a TensorRT engine file)
-    and `reference` (the torch model it was exported from, ideally in fp32) in torch on the same random
-    inputs; raise FastinvError above the tolerance.
+    """Run the graph at `path` in `engine` (a backend of `fastinv.runtime.backends`: ort an ONNX file in
+    ONNX Runtime, trt a TensorRT engine file) and `reference` (the torch model it was exported from, ideally
+    in fp32) in torch on the same random inputs; raise FastinvError above the tolerance.
 
     Sizes default to the export's example (height and width in latent pixels) with batch `batch`.
     """
     torch_model = reference.network if isinstance(reference, TorchSolver) else reference
     kind = "velocity" if isinstance(torch_model, FlowModel) else "solver"
-    graph = OrtGraph(path, kind, device=device) if engine == "ort" else TrtGraph(path, kind, device=device)
+    graph = get_backend(engine).open_graph(Path(path), kind, device)
     spec = graph.spec
     if isinstance(torch_model, FlowModel):
-        spec.expect_model(graph.path, torch_model.family, torch_model.velocity.network.config)
+        spec.expect_model(graph.path, torch_model.family, torch_model.velocity.config)
     else:
         spec.expect_model(graph.path, solver_family(torch_model.config), torch_model.config)
     asked = {"batch": batch, "height": height, "width": width, "text": text}

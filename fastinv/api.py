@@ -41,6 +41,7 @@ from fastinv.models import FlowModel, load_model
 from fastinv.models.prompt_cache import PromptCache
 from fastinv.results import Edit, Inversion, Reconstruction
 from fastinv.run_config import RunConfig
+from fastinv.runtime.backends import get_backend
 from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity, solver_exported
 from fastinv.runtime.fast_path import compiled
 from fastinv.runtime.graph import GraphSolver
@@ -228,6 +229,7 @@ class Inverter:
         if not images:
             raise FastinvError("no images to invert")
         method = self.resolve_method(method)
+        get_backend(self.engine).check_method(method)  # e.g. preciseinv's gradients on ort: before any work
         check_options(method, options)
         invert = get_method(method)
         loaded = [image if isinstance(image, LoadedImage) else self.prepare_image(image) for image in images]

@@ -20,6 +20,7 @@ from rich.table import Table
 from fastinv.display import fmt as _fmt
 from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
+from fastinv.runtime.backends import BACKENDS, folder_backends, get_backend
 
 if TYPE_CHECKING:
     pass
@@ -70,11 +71,21 @@ EmbeddingsOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")]
+ENGINE_NAMES = " | ".join(BACKENDS)
+FOLDER_ENGINES = " / ".join(folder_backends())
+BENCH_EXPORTS = " / ".join(name for name, backend in BACKENDS.items() if backend.bench_exports)
+NEEDS_EXPORT = " / ".join(name for name, b in BACKENDS.items() if b.folder and not b.bench_exports)
 EngineOption = Annotated[
-    str, typer.Option(help="What runs the denoiser (and solver): torch | ort | trt (see `fastinv export`).")
+    str,
+    typer.Option(
+        help="What runs the denoiser (and solver): "
+        + "; ".join(f"{name}: {backend.description}" for name, backend in BACKENDS.items())
+        + " (see `fastinv export`)."
+    ),
 ]
 EngineDirOption = Annotated[
-    Path | None, typer.Option(help="For ort / trt: the folder `fastinv export` wrote (graphs by --dtype).")
+    Path | None,
+    typer.Option(help=f"For {FOLDER_ENGINES}: the folder `fastinv export` wrote (graphs by --dtype)."),
 ]
 FastOption = Annotated[
     bool | None,
@@ -152,6 +163,7 @@ def invert(
     from fastinv.pipeline import InversionJob, invert_to_files
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
+    get_backend(engine).check_method(method)  # before loading
     _check_out(out)
     method_options = parse_options(method, set_ or [])
     images = [*(images or []), *([EXAMPLE_IMAGE] if example else [])]
@@ -261,6 +273,7 @@ def edit(
     )
     check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     SourceControl.check(strength, stop, start)  # before loading
+    get_backend(engine).check_method(method)
     _check_out(out)
     options = parse_options(method, set_ or [])
     with console.status(f"loading {model or 'the shipped default model'}"):
@@ -492,7 +505,8 @@ def bench(
     engines: Annotated[
         str,
         typer.Option(
-            help="Comma-separated torch | ort | trt (ort: exported to OUT/engines unless --engine-dir)."
+            help=f"Comma-separated {ENGINE_NAMES} ({BENCH_EXPORTS}: exported to OUT/engines unless "
+            "--engine-dir)."
         ),
     ] = "torch",
     steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "10,25,50",
@@ -506,7 +520,10 @@ def bench(
     dtype: DtypeOption = "auto",
     engine_dir: Annotated[
         Path | None,
-        typer.Option(help="For ort / trt: a folder `fastinv export` wrote (trt needs one: --format trt)."),
+        typer.Option(
+            help=f"For {FOLDER_ENGINES}: a folder `fastinv export` wrote ({NEEDS_EXPORT} needs one: "
+            f"--format {NEEDS_EXPORT})."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Output folder: bench.json, bench.md and plots.")] = Path(
         "fastinv-bench"

@@ -8,6 +8,7 @@ import time), so no test can reach the network.
 """
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -82,3 +83,44 @@ def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     """(folder, stdout) of `fastinv export --check` of the shipped default model (its velocity graph and its
     solver's). Shared: do not write into the folder."""
     return _export([], tmp_path_factory.mktemp("export_shipped"))
+
+
+@pytest.fixture
+def memoised_export(tiny_sd3_export: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Memoised `fastinv.export.onnx.export_model` (what `fastinv export` and `fastinv bench` call): asked
+    for what tiny_sd3_export wrote (same model source and weights, same solver weights, fp32), it copies those
+    graphs (what tracing them again would write) to the folder it is given; asked for anything else, it
+    exports. For tests of what happens around an export; tiny_sd3_export itself is the real one. Returns
+    the folders it was asked to write, one per call."""
+    from fastinv.export import onnx as export_onnx
+
+    from fastinv.models.base import FlowModel
+    from fastinv.runtime.spec import read_spec
+    from fastinv.runtime.weights import weights_digest
+    from fastinv.solver.model import load_solver
+
+    cached, _ = tiny_sd3_export
+    velocity, solver = (read_spec(cached / f"{kind}.fp32.onnx") for kind in ("velocity", "solver"))
+    real, calls = export_onnx.export_model, []
+
+    def export_model(
+        model: FlowModel, solver_dir: Path | None, out: Path, *, precision: str = "fp32"
+    ) -> dict:
+        out = Path(out)
+        calls.append(out)
+        if not (
+            precision == "fp32"
+            and model.name == velocity.source
+            and model.weights_dir is not None
+            and weights_digest(model.weights_dir) == velocity.weights
+            and solver_dir is not None
+            and weights_digest(solver_dir) == solver.weights
+        ):
+            return real(model, solver_dir, out, precision=precision)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("velocity.fp32.onnx", "solver.fp32.onnx"):
+            shutil.copyfile(cached / name, out / name)
+        return {out / "velocity.fp32.onnx": model, out / "solver.fp32.onnx": load_solver(solver_dir)}
+
+    monkeypatch.setattr(export_onnx, "export_model", export_model)
+    return calls

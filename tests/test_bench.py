@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import sys
 import time
@@ -39,46 +38,6 @@ def solver_dir(tiny_solver_dir: Path) -> Path:
     return tiny_solver_dir
 
 
-@pytest.fixture
-def exports(tiny_sd3_export: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Memoised `fastinv.export.onnx.export_model`: asked for what the session's `fastinv export` of the tiny
-    SD3 and its solver already wrote (same model source and weights, same solver folder, same precision),
-    it copies those graphs (what tracing them again would write) to the folder it is given instead of
-    tracing again; asked for anything else, it exports. Returns the folders it wrote, one per call."""
-    from fastinv.export import onnx as export_onnx
-
-    from fastinv.models.base import FlowModel
-    from fastinv.runtime.spec import read_spec
-    from fastinv.runtime.weights import weights_digest
-    from fastinv.solver.model import load_solver
-
-    cached, _ = tiny_sd3_export
-    velocity, solver = (read_spec(cached / f"{kind}.fp32.onnx") for kind in ("velocity", "solver"))
-    real, calls = export_onnx.export_model, []
-
-    def export_model(
-        model: FlowModel, solver_dir: Path | None, out: Path, *, precision: str = "fp32"
-    ) -> dict:
-        out = Path(out)
-        calls.append(out)
-        if not (
-            precision == "fp32"
-            and model.name == velocity.source
-            and model.weights_dir is not None
-            and weights_digest(model.weights_dir) == velocity.weights
-            and solver_dir is not None
-            and weights_digest(solver_dir) == solver.weights
-        ):
-            return real(model, solver_dir, out, precision=precision)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("velocity.fp32.onnx", "solver.fp32.onnx"):
-            shutil.copyfile(cached / name, out / name)
-        return {out / "velocity.fp32.onnx": model, out / "solver.fp32.onnx": load_solver(solver_dir)}
-
-    monkeypatch.setattr(export_onnx, "export_model", export_model)
-    return calls
-
-
 def _valid_png(path: Path) -> None:
     with Image.open(path) as image:
         image.verify()
@@ -86,11 +45,11 @@ def _valid_png(path: Path) -> None:
 
 
 def test_bench_torch_and_ort_end_to_end(
-    tiny_sd3_dir: Path, solver_dir: Path, photos: Path, tmp_path: Path, exports: list[Path]
+    tiny_sd3_dir: Path, solver_dir: Path, photos: Path, tmp_path: Path, memoised_export: list[Path]
 ) -> None:
     """Every engine × method × steps × image is a row or a skip; NFE follows each method's formula; the
     summary ratios are the aggregates' ratios; the ORT graphs are exported first (once, to OUT/engines:
-    `exports` serves the session's export of this model and solver); all files are written."""
+    memoised_export serves the session's export of this model and solver); all files are written."""
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench"
     methods, engines, steps = ("euler", "renoise", "deepinv", "preciseinv"), ("torch", "ort"), (2, 3)
@@ -174,7 +133,7 @@ def test_bench_torch_and_ort_end_to_end(
     for name in ("fidelity_vs_time.png", "fidelity_vs_steps.png"):
         _valid_png(out / name)
     assert sorted(p.name for p in (out / "engines").iterdir()) == ["solver.fp32.onnx", "velocity.fp32.onnx"]
-    assert exports == [out / "engines"]
+    assert memoised_export == [out / "engines"]
 
 
 def test_deepinv_without_solver_is_skipped_and_timing_only(tiny_sd3_dir: Path, tmp_path: Path) -> None:

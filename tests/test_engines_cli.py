@@ -168,8 +168,16 @@ def test_engine_dir_errors(
         assert re.search(message, stderr), (message, stderr)
 
 
-def test_export_errors(tiny_sd3_pixel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bad options and a missing TensorRT are refused before any work; a failed --check exits 2."""
+def test_export_errors(
+    tiny_sd3_pixel_dir: Path,
+    tiny_sd3_dir: Path,
+    tiny_solver_dir: Path,
+    memoised_export: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bad options and a missing TensorRT are refused before any work; a failed --check exits 2 (checking
+    the tiny SD3's graphs, which memoised_export copies from the session's export of the same model)."""
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     out = tmp_path / "out"
     cases = {
@@ -184,10 +192,12 @@ def test_export_errors(tiny_sd3_pixel_dir: Path, tmp_path: Path, monkeypatch: py
     assert not out.exists()  # refused before any work
 
     monkeypatch.setitem(export_onnx.TOLERANCE, "fp32", -1.0)  # any error is too large
-    code, _, stderr = cli(["export", "--model", str(tiny_sd3_pixel_dir), "--out", str(out), "--check"])
+    args = ["export", "--model", str(tiny_sd3_dir), "--solver", str(tiny_solver_dir), "--out", str(out)]
+    code, _, stderr = cli([*args, "--check"])
     assert (
         code == 2 and "error: parity check failed: velocity.fp32.onnx [fp32]" in stderr and "FAILED" in stderr
     )
+    assert memoised_export == [out]
 
 
 def test_info_lists_the_engines_that_import(monkeypatch: pytest.MonkeyPatch) -> None:

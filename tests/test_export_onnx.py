@@ -109,7 +109,7 @@ def test_tiny_velocity_parity_fp32_over_dynamic_axes(tiny_graph: tuple[FlowModel
 
 
 def test_ort_velocity_runs_the_adapters_cfg_call(tiny_graph: tuple[FlowModel, Path]) -> None:
-    """OrtVelocity reuses TransformerVelocity.__call__: CFG as one batch of 2B; embedded guidance goes in."""
+    """OrtVelocity shares the adapters' CFG call (cfg_branches): one batch of 2B; embedded guidance in."""
     model, path = tiny_graph
     ort_velocity = OrtVelocity.load(path, model=model, precision="fp32")
     cond = _cfg_conditioning(model, 9, embedded_guidance=2.0)

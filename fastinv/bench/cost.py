@@ -11,16 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastinv.models.base import FlowModel
-from fastinv.runtime.graph import GraphSolver, GraphVelocity
+from fastinv.runtime.graph import GraphSolver
 from fastinv.solver.flops import denoiser_cost, network_cost
 from fastinv.solver.model import SOLVER_CLASSES, SolverModel, TorchSolver, solver_family
-
-
-def _denoiser_config(model: FlowModel) -> dict[str, Any]:
-    velocity = model.velocity
-    if isinstance(velocity, GraphVelocity):
-        return dict(velocity.graph.spec.config)
-    return dict(velocity.network.config)
 
 
 def _solver_network(solver: SolverModel) -> tuple[type, dict[str, Any]]:
@@ -35,7 +28,7 @@ def _solver_network(solver: SolverModel) -> tuple[type, dict[str, Any]]:
 def solver_flop_ratio(model: FlowModel, solver: SolverModel, latent: tuple[int, int, int]) -> float:
     """Solver FLOPs ÷ denoiser FLOPs, one forward each at batch 1 on latents (C, H, W), prompt "" tokens."""
     tokens = model.conditioning("").prompt_embeds.shape[1]
-    denoiser = denoiser_cost(model.family, _denoiser_config(model), latent, tokens)
+    denoiser = denoiser_cost(model.family, dict(model.velocity.config), latent, tokens)
     network_class, config = _solver_network(solver)
     return network_cost(network_class, config, latent, tokens).flops / denoiser.flops
 

@@ -14,7 +14,8 @@ from PIL import Image
 from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.methods import METHODS, get_method, method_options
-from fastinv.runtime.engines import ENGINES, onnx_file
+from fastinv.runtime.backends import BACKENDS, folder_backends, get_backend, spelled
+from fastinv.runtime.engines import onnx_file
 from fastinv.training.photos import HELD_OUT, load_photo
 
 SKIMAGE = "skimage"
@@ -152,45 +153,46 @@ def list_images(source: str, max_images: int | None = None) -> tuple[BenchImage,
     return images[:max_images]
 
 
-def _require(module: str, engine: str, extra: str) -> None:
+def _require_exporter(engine: str) -> None:
+    """onnxscript, which the ONNX exporter (torch.onnx dynamo=True) runs on, or one line."""
     try:
-        importlib.import_module(module)
+        importlib.import_module("onnxscript")
     except Exception as err:  # ImportError, or a broken install failing on its native libraries
         raise FastinvError(
-            f"the {engine} engine needs {module} ({type(err).__name__} on import): "
-            f"pip install -e '.[{extra}]'"
+            f"the {engine} engine needs onnxscript ({type(err).__name__} on import): pip install -e '.[onnx]'"
         ) from err
 
 
 def parse_engines(text: str, device: str, precision: str, engine_dir: Path | None) -> tuple[str, ...]:
-    """A comma-separated list of torch | ort | trt, each checked to be runnable here: ort needs onnxruntime
-    (and onnx to export its graphs when engine_dir is None); trt needs TensorRT, a CUDA device and an
+    """A comma-separated list of backends (`fastinv.runtime.backends.BACKENDS`), each checked to run here:
+    its package imports; one that bench exports for (ort) needs onnxscript when engine_dir is None; a
+    CUDA-only one (trt) needs a CUDA device; one that reads a folder bench cannot export (trt) needs an
     engine_dir that `fastinv export --format trt` wrote."""
     engines = _names(text, "--engines")
     for engine in engines:
-        if engine not in ENGINES:
-            raise FastinvError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
-    graph_engines = [engine for engine in engines if engine != "torch"]
+        get_backend(engine)
+    chosen = [backend for name, backend in BACKENDS.items() if name in engines]  # checked in table order
     if engine_dir is not None:
-        if not graph_engines:
-            raise FastinvError("--engine-dir is for the ort and trt engines; add one to --engines")
+        if not any(backend.folder for backend in chosen):
+            raise FastinvError(
+                f"--engine-dir is for the {spelled(folder_backends())} engines; add one to --engines"
+            )
         if not engine_dir.is_dir():
             raise FastinvError(f"engine folder not found: {engine_dir}")
         onnx_file(engine_dir, "velocity", precision)
-    if "ort" in engines:
-        _require("onnxruntime", "ort", "onnx")
-        if engine_dir is None:
-            _require("onnxscript", "ort", "onnx")  # the exporter (torch.onnx dynamo=True) runs on it
-    if "trt" in engines:
-        from fastinv.runtime.tensorrt.engine import tensorrt_module
-
-        tensorrt_module()
-        if not device.startswith("cuda"):
-            raise FastinvError(f"the trt engine runs on a CUDA device, not {device}: pass --device cuda")
-        if engine_dir is None:
+    exported = [name for name, backend in BACKENDS.items() if backend.bench_exports]
+    for backend in chosen:
+        backend.require()
+        if backend.bench_exports and engine_dir is None:
+            _require_exporter(backend.name)
+        if backend.cuda_only and not device.startswith("cuda"):
             raise FastinvError(
-                "the trt engine needs --engine-dir: a folder `fastinv export --format trt` wrote "
-                "(bench exports ONNX graphs for ort only)"
+                f"the {backend.name} engine runs on a CUDA device, not {device}: pass --device cuda"
+            )
+        if backend.folder and not backend.bench_exports and engine_dir is None:
+            raise FastinvError(
+                f"the {backend.name} engine needs --engine-dir: a folder `fastinv export --format "
+                f"{backend.name}` wrote (bench exports ONNX graphs for {spelled(exported, 'or')} only)"
             )
     return tuple(engines)
 

@@ -25,12 +25,12 @@ from fastinv.bench.run import BenchResult
 from fastinv.bench.summary import SPREAD, Row, aggregate, summarize
 from fastinv.display import fmt as _fmt
 from fastinv.files import atomic_write, save_json
+from fastinv.runtime.backends import BACKENDS
 
 FIDELITY_NOTE = (
     "Fidelity is only meaningful on a trained model: on random weights every method looks almost exact."
 )
 TIMING_ONLY_NOTE = "random weights: timing only (no reconstruction, no metrics)"
-MARKERS = {"torch": "o", "ort": "s", "trt": "^"}
 
 
 def _version(*distributions: str) -> str | None:
@@ -305,7 +305,7 @@ def plot(
             if not points:
                 continue
             xs, ys = [p[1] for p in points], [p[2] for p in points]
-            ax.plot(xs, ys, color=colors[method], marker=MARKERS[engine], linewidth=1, markersize=6)
+            ax.plot(xs, ys, color=colors[method], marker=BACKENDS[engine].marker, linewidth=1, markersize=6)
             for steps, px, py in points:
                 ax.annotate(str(steps), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if front:
@@ -325,7 +325,7 @@ def plot(
     if front:
         method_keys.append(Line2D([], [], color="black", linestyle="--", label="Pareto front"))
     engine_keys = [
-        Line2D([], [], color="grey", marker=MARKERS[e], linestyle="none", label=e) for e in engines
+        Line2D([], [], color="grey", marker=BACKENDS[e].marker, linestyle="none", label=e) for e in engines
     ]
     ax.add_artist(ax.legend(handles=method_keys, title="method", loc="upper left", fontsize=8))
     ax.legend(handles=engine_keys, title="engine", loc="lower right", fontsize=8)

@@ -22,6 +22,7 @@ from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
 from fastinv.images import LoadedImage
 from fastinv.pipeline import InversionJob, invert_image, reconstruct_and_score
+from fastinv.runtime.backends import BACKENDS, get_backend, spelled
 
 
 @dataclass
@@ -129,15 +130,21 @@ def _load(plan: BenchPlan, engine: str, engine_dir: Path | None) -> Inverter:
         dtype=plan.precision,
         solver=plan.solver,
         engine=engine,
-        engine_dir=engine_dir if engine != "torch" else None,
+        engine_dir=engine_dir if get_backend(engine).folder else None,
         fast=plan.fast,
     )
 
 
+def _exporting(plan: BenchPlan) -> list[str]:
+    """The plan's engines whose graphs bench exports itself (ort) when no engine_dir is given."""
+    return [name for name in plan.engines if BACKENDS[name].bench_exports]
+
+
 def _export(plan: BenchPlan, console: Console) -> Path:
     """`export_graphs` to plan.export_dir with a status line, then one line naming what it wrote."""
+    engines = spelled(_exporting(plan))
     with console.status(
-        f"exporting the ONNX graphs ({plan.precision}) for the ort engine to {plan.export_dir}"
+        f"exporting the ONNX graphs ({plan.precision}) for the {engines} engine to {plan.export_dir}"
     ):
         start = time.perf_counter()
         paths = export_graphs(plan, plan.export_dir)
@@ -147,7 +154,7 @@ def _export(plan: BenchPlan, console: Console) -> Path:
     return plan.export_dir
 
 
-def _skipped(engine: str, method: str, steps: int, err: Exception) -> Row:
+def _skipped(engine: str, method: str, steps: int, err: Exception | str) -> Row:
     reason = str(err).splitlines()[0]
     if isinstance(err, torch.OutOfMemoryError):
         reason = f"out of memory: {reason}"
@@ -157,14 +164,15 @@ def _skipped(engine: str, method: str, steps: int, err: Exception) -> Row:
 def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
     """Every engine × steps × method × image of `plan`, with a rich progress bar on `console`.
 
-    With "ort" and no plan.engine_dir, the graphs are exported to plan.export_dir first. A combination
-    that raises a FastinvError (deepinv without a solver, preciseinv's gradients on a graph engine) or runs
-    out of GPU memory is recorded in `skipped` with the error's first line, and so is every combination of
-    an engine that fails to load; the others still run.
+    With an engine bench exports for (ort) and no plan.engine_dir, the graphs are exported to
+    plan.export_dir first. A method the engine cannot run (`Backend.refusal`: preciseinv's gradients on a
+    graph engine) is recorded in `skipped` without running; so is, with the error's first line, a
+    combination that raises a FastinvError (deepinv without a solver) or runs out of GPU memory, and every
+    combination of an engine that fails to load; the others still run.
     """
     result = BenchResult()
     engine_dir = plan.engine_dir
-    if "ort" in plan.engines and engine_dir is None:
+    if engine_dir is None and _exporting(plan):
         engine_dir = _export(plan, console)
     total = len(plan.engines) * len(plan.steps) * len(plan.methods) * len(plan.images)
     with progress_bar(console) as progress:
@@ -189,12 +197,16 @@ def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
             ratios: dict[tuple[int, ...], float] = {}
             for steps in plan.steps:
                 for method in plan.methods:
-                    try:
-                        result.rows += measure_combination(
-                            inverter, engine, pictures, method, steps, plan, progress, task, ratios
-                        )
-                    except (FastinvError, torch.OutOfMemoryError) as err:
-                        result.skipped.append(_skipped(engine, method, steps, err))
+                    refusal = BACKENDS[engine].refusal(method)  # up front: nothing runs
+                    if refusal is not None:
+                        result.skipped.append(_skipped(engine, method, steps, refusal))
+                    else:
+                        try:
+                            result.rows += measure_combination(
+                                inverter, engine, pictures, method, steps, plan, progress, task, ratios
+                            )
+                        except (FastinvError, torch.OutOfMemoryError) as err:
+                            result.skipped.append(_skipped(engine, method, steps, err))
                     done += len(pictures)
                     progress.update(task, completed=done)
             del inverter, pictures  # one engine's model in memory at a time

@@ -6,10 +6,10 @@ as a float32 tensor of shape [B] (σ = 0 clean, σ = 1 noise); the velocity is v
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -18,6 +18,9 @@ from fastinv.errors import FastinvError
 from fastinv.kernels.reference import guided
 from fastinv.models.prompt_cache import PromptCache
 from fastinv.schedule import flow_sigmas
+
+if TYPE_CHECKING:
+    from fastinv.runtime.graph import GraphVelocity
 
 
 @runtime_checkable
@@ -46,13 +49,53 @@ class PromptEncoder(Protocol):
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
+Predict = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, Conditioning], torch.Tensor
+]
+"""`predict(z, sigma, prompt_embeds, pooled_embeds, cond)` → v, for text tensors already of z's batch size."""
+
+
+def cfg_branches(
+    predict: Predict,
+    z: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: Conditioning,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    fp16_remedy: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(v_prompt, v_null) from ONE `predict` call, v_null None without CFG: the text tensors (and, with CFG,
+    the null prompt's, batched first) moved to `device` and `dtype` and expanded to the batch, z in `dtype`.
+
+    fp16_remedy: for a network that runs in fp16, check v is finite and name this remedy when it is not.
+    """
+    batch = z.shape[0]
+
+    def expand(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device, dtype).expand(batch, *t.shape[1:])
+
+    text, pooled = expand(cond.prompt_embeds), expand(cond.pooled_embeds)
+    if cond.uses_cfg:
+        text = torch.cat([expand(cond.null_prompt_embeds), text])
+        pooled = None if pooled is None else torch.cat([expand(cond.null_pooled_embeds), pooled])
+        z, sigma = torch.cat([z, z]), torch.cat([sigma, sigma])
+    v = predict(z.to(dtype), sigma, text, pooled, cond)
+    if fp16_remedy is not None and not torch.isfinite(v).all():
+        raise FastinvError(f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: {fp16_remedy}")
+    if cond.uses_cfg:
+        v_null, v_prompt = v.chunk(2)
+        return v_prompt, v_null
+    return v, None
+
+
 class TransformerVelocity:
     """Base of the diffusers-transformer adapters: classifier-free guidance as ONE batched call.
 
     Subclasses implement `predict(z, sigma, prompt_embeds, pooled_embeds, cond)` for a batch whose
-    text tensors already match the batch size; this class does the CFG batching and blend, the
-    dtype round trip (float32 state, network dtype inside) and the fp16 overflow check.
-    `engine` names what runs `predict` (torch here; ort and trt for exported graphs).
+    text tensors already match the batch size; `cfg_branches` does the CFG batching, the dtype round trip
+    (float32 state, network dtype inside) and the fp16 overflow check, and `__call__` the blend.
+    `engine` names what runs `predict` (torch here; exported graphs: `fastinv.runtime.graph.GraphVelocity`).
     """
 
     engine = "torch"
@@ -64,6 +107,11 @@ class TransformerVelocity:
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The transformer's config."""
+        return self.network.config
 
     def predict(
         self,
@@ -82,25 +130,10 @@ class TransformerVelocity:
 
         For fused kernels that do the CFG combine in their own pass (`fastinv.kernels`).
         """
-        batch = z.shape[0]
-
-        def expand(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(self.device, self.dtype).expand(batch, *t.shape[1:])
-
-        text, pooled = expand(cond.prompt_embeds), expand(cond.pooled_embeds)
-        if cond.uses_cfg:
-            text = torch.cat([expand(cond.null_prompt_embeds), text])
-            pooled = None if pooled is None else torch.cat([expand(cond.null_pooled_embeds), pooled])
-            z, sigma = torch.cat([z, z]), torch.cat([sigma, sigma])
-        v = self.predict(z.to(self.dtype), sigma, text, pooled, cond)
-        if self.dtype == torch.float16 and not torch.isfinite(v).all():
-            raise FastinvError(
-                f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: use --dtype bf16 or fp32"
-            )
-        if cond.uses_cfg:
-            v_null, v_prompt = v.chunk(2)
-            return v_prompt, v_null
-        return v, None
+        fp16 = "use --dtype bf16 or fp32" if self.dtype == torch.float16 else None
+        return cfg_branches(
+            self.predict, z, sigma, cond, dtype=self.dtype, device=self.device, fp16_remedy=fp16
+        )
 
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Differentiable in z (the weights are frozen): callers choose no_grad or, e.g. PreciseInv, grad."""
@@ -120,7 +153,7 @@ class FlowModel:
 
     name: str
     family: str
-    velocity: TransformerVelocity
+    velocity: TransformerVelocity | GraphVelocity
     codec: LatentCodec
     prompt_encoder: PromptEncoder
     scheduler_config: dict

@@ -8,6 +8,25 @@ from fastinv.conditioning import Conditioning
 from fastinv.models.base import TransformerVelocity
 
 
+def sd3_velocity(
+    network: torch.nn.Module,
+    dtype: torch.dtype,
+    z: torch.Tensor,
+    sigma: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled_embeds: torch.Tensor | None,
+) -> torch.Tensor:
+    """v = SD3Transformer2DModel(z, timestep = σ·1000, text, pooled), inputs cast to the network's `dtype`:
+    the one definition `SD3Velocity.predict` and the exported graph (`fastinv.export.graphs`) share."""
+    return network(
+        hidden_states=z.to(dtype),
+        encoder_hidden_states=prompt_embeds.to(dtype),
+        pooled_projections=None if pooled_embeds is None else pooled_embeds.to(dtype),
+        timestep=(sigma * 1000).to(dtype),
+        return_dict=False,
+    )[0]
+
+
 class SD3Velocity(TransformerVelocity):
     """v = SD3Transformer2DModel(z, timestep = σ·1000, text, pooled); latents stay [B, C, H, W]."""
 
@@ -19,13 +38,7 @@ class SD3Velocity(TransformerVelocity):
         pooled_embeds: torch.Tensor | None,
         cond: Conditioning,
     ) -> torch.Tensor:
-        return self.network(
-            hidden_states=z,
-            encoder_hidden_states=prompt_embeds,
-            pooled_projections=pooled_embeds,
-            timestep=(sigma * 1000).to(self.dtype),
-            return_dict=False,
-        )[0]
+        return sd3_velocity(self.network, self.dtype, z, sigma, prompt_embeds, pooled_embeds)
 
     @property
     def max_side(self) -> int:

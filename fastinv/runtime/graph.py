@@ -2,7 +2,8 @@
 
 A `Graph` (an ONNX Runtime session or a TensorRT engine) runs `{input name: tensor}` → its output tensor
 with float32 IO and knows its `GraphSpec`. `GraphVelocity` and `GraphSolver` put any such graph behind
-the calls the method code makes, so the methods never know which engine runs the network.
+the calls the method code makes, so the methods never know which engine runs the network. Which engines
+exist and how each loads a folder's graphs: `fastinv.runtime.backends`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from fastinv.conditioning import DEFAULT_EMBEDDED_GUIDANCE, Conditioning
 from fastinv.errors import FastinvError
-from fastinv.models.base import FlowModel, TransformerVelocity
+from fastinv.kernels.reference import guided
+from fastinv.models.base import FlowModel, cfg_branches
 from fastinv.runtime.spec import GraphSpec
 from fastinv.runtime.weights import expect_weights
 
@@ -22,6 +24,18 @@ from fastinv.runtime.weights import expect_weights
 def graph_stem(kind: str, precision: str) -> str:
     """The file stem `fastinv export` gives a graph and its engines: "velocity.fp32", "solver.bf16"."""
     return f"{kind}.{precision}"
+
+
+def onnx_file(folder: Path, kind: str, precision: str) -> Path:
+    """`<folder>/<kind>.<precision>.onnx`, or an error naming what the folder holds instead."""
+    path = folder / f"{graph_stem(kind, precision)}.onnx"
+    if not path.is_file():
+        held = ", ".join(sorted(p.name for p in folder.glob(f"{kind}.*.onnx"))) or f"no {kind} graph"
+        raise FastinvError(
+            f"no {path.name} in {folder} (it holds {held}): "
+            f"export it with `fastinv export --precision {precision} --out {folder}`"
+        )
+    return path
 
 
 class Graph(Protocol):
@@ -34,9 +48,9 @@ class Graph(Protocol):
     def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
-class GraphVelocity(TransformerVelocity):
-    """A VelocityModel on an exported velocity graph: CFG batching and blending are the torch adapters'
-    (`TransformerVelocity.__call__`); only `predict` runs in the engine. Not differentiable."""
+class GraphVelocity:
+    """A VelocityModel on an exported velocity graph: the torch adapters' CFG batching and blending
+    (`fastinv.models.base.cfg_branches`) around a `predict` that runs in the engine. Not differentiable."""
 
     engine = "graph"
 
@@ -49,13 +63,16 @@ class GraphVelocity(TransformerVelocity):
     def device(self) -> torch.device:
         return self.graph.device
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The transformer's config the graph was exported from."""
+        return self.graph.spec.config
+
     @staticmethod
     def expect_model(graph: Graph, model: FlowModel | None) -> None:
         """One-line error unless `graph` was exported from `model`'s family, config and weights."""
-        network = getattr(model.velocity, "network", None) if model is not None else None
-        if network is not None:
-            graph.spec.expect_model(graph.path, model.family, network.config)
         if model is not None:
+            graph.spec.expect_model(graph.path, model.family, model.velocity.config)
             expect_weights(graph.path, graph.spec.weights, model.weights_dir)
 
     def predict(
@@ -77,10 +94,20 @@ class GraphVelocity(TransformerVelocity):
         if "guidance" in self.graph.spec.inputs:
             value = DEFAULT_EMBEDDED_GUIDANCE if cond.embedded_guidance is None else cond.embedded_guidance
             inputs["guidance"] = torch.full_like(sigma, value, dtype=torch.float32)
-        v = self.graph.run(inputs)
-        if self.precision == "fp16" and not torch.isfinite(v).all():
-            raise FastinvError(f"non-finite velocity in fp16 at σ={sigma[0].item():.4f}: export bf16 or fp32")
-        return v
+        return self.graph.run(inputs)
+
+    def branches(
+        self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(v_prompt, v_null) float32 from ONE graph call, v_null None without CFG."""
+        fp16 = "export bf16 or fp32" if self.precision == "fp16" else None
+        return cfg_branches(
+            self.predict, z, sigma, cond, dtype=self.dtype, device=self.device, fp16_remedy=fp16
+        )
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        v, v_null = self.branches(z, sigma, cond)
+        return guided(v, v_null, cond.guidance_scale)
 
 
 class GraphSolver:

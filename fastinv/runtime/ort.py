@@ -24,11 +24,14 @@ from fastinv.solver.model import solver_family
 Provider = str | tuple[str, dict[str, Any]]
 
 
-def _onnxruntime() -> Any:
+def onnxruntime_module() -> Any:
+    """`import onnxruntime`, or one line saying what is missing."""
     try:
         import onnxruntime
-    except ImportError as err:
-        raise FastinvError("the ort engine needs onnxruntime: pip install 'fastinv[onnx]'") from err
+    except Exception as err:  # ImportError, or a broken install failing on its native libraries
+        raise FastinvError(
+            f"the ort engine needs onnxruntime ({type(err).__name__} on import): pip install 'fastinv[onnx]'"
+        ) from err
     return onnxruntime
 
 
@@ -38,7 +41,7 @@ def choose_providers(
     """Execution providers for `device`, by availability: CPU for cpu; CUDA (TensorRT first if asked for
     and installed) with CPU fallback for cuda:N. `available` defaults to what this onnxruntime offers."""
     if available is None:
-        available = _onnxruntime().get_available_providers()
+        available = onnxruntime_module().get_available_providers()
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if device.type != "cuda":
@@ -75,7 +78,7 @@ class OrtGraph:
         self.spec: GraphSpec = read_spec(self.path)
         self.spec.expect(self.path, kind=kind, precision=precision)
         self.device = torch.device(device)
-        ort = _onnxruntime()
+        ort = onnxruntime_module()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.device.type == "cpu":
