@@ -199,7 +199,7 @@ def main() -> None:
     points = [
         {
             "method": r["setting"],
-            "engine": "torch",
+            "backend": "torch",
             "steps": r["steps"],
             "cost": r["cost"],
             "psnr": r["mean"]["psnr"],

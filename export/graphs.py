@@ -4,7 +4,7 @@ precision, the axes each input may vary along, and the patches diffusers models 
 Velocity graphs (SD3, FLUX): latents [B, C, H, W], sigma [B] σ ∈ [0, 1], prompt_embeds [B, L, D],
 pooled_embeds [B, P] and, for guidance-distilled FLUX (dev), guidance [B] → velocity [B, C, H, W]. They
 call the adapters' own forward (`sd3_velocity`, `flux_velocity`: σ → timestep conversion, FLUX packing
-inside); CFG batching stays in Python (`fastinv.models.base.cfg_branches`), so every engine runs the same
+inside); CFG batching stays in Python (`fastinv.models.base.cfg_branches`), so every backend runs the same
 method code.
 Solver graphs: paper design (family "deepinv"): v, z, x0 [B, C, H, W], text [B, L, D], sigma,
 sigma_next [B] σ, pooled [B, P] → eps; warm-start design (family "deepinv-warm"): v, z, x0, f_prev

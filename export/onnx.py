@@ -86,7 +86,7 @@ def export_model(
     model: FlowModel, solver_dir: str | Path | None, out: str | Path, *, precision: str = "fp32"
 ) -> dict[Path, FlowModel | TorchSolver]:
     """Export `model`'s denoiser, and the DeepInv solver in `solver_dir` when given (checked to fit the
-    model), to `out` as velocity.<precision>.onnx and solver.<precision>.onnx, the names the engines look
+    model), to `out` as velocity.<precision>.onnx and solver.<precision>.onnx, the names the backends look
     for. Returns {graph path: the torch module it came from}, the references of `check_parity`."""
     from fastinv.runtime.graph import graph_stem
     from fastinv.solver.model import check_solver_fits, load_solver
@@ -125,7 +125,7 @@ def _dynamic_shapes(spec: GraphSpec) -> dict[str, dict[int, object]]:
 
 def _transposes_for_permuting_einsums(graph: onnx.GraphProto) -> None:
     """Rewrite one-input Einsums that only permute axes (SD3's unpatchify "nhwpqc->nchpwq") as Transpose:
-    ONNX's Einsum takes no bfloat16, and every engine runs a Transpose at least as well."""
+    ONNX's Einsum takes no bfloat16, and every backend runs a Transpose at least as well."""
     for node in graph.node:
         if node.op_type != "Einsum" or len(node.input) != 1:
             continue
@@ -265,9 +265,9 @@ def _torch_output(reference: FlowModel | SolverNetwork, inputs: dict[str, torch.
 
 @dataclass(frozen=True)
 class ParityReport:
-    """One random-input comparison of an engine (ort: ONNX Runtime, trt: TensorRT) against torch.
+    """One random-input comparison of a backend (ort: ONNX Runtime, trt: TensorRT) against torch.
 
-    error: max|engine − torch| / max|torch| over all elements (the "max relative error" of DESIGN §4).
+    error: max|backend − torch| / max|torch| over all elements (the "max relative error" of DESIGN §4).
     """
 
     path: Path
@@ -275,7 +275,7 @@ class ParityReport:
     sizes: dict[str, int]
     error: float
     tolerance: float
-    engine: str = "ort"
+    backend: str = "ort"
 
     @property
     def passed(self) -> bool:
@@ -285,7 +285,7 @@ class ParityReport:
         sizes = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
         verdict = "ok" if self.passed else "FAILED"
         return (
-            f"{self.path.name} [{self.precision}] {sizes}: max|{self.engine}−torch|/max|torch| = "
+            f"{self.path.name} [{self.precision}] {sizes}: max|{self.backend}−torch|/max|torch| = "
             f"{self.error:.2e} (tolerance {self.tolerance:.0e}) {verdict}"
         )
 
@@ -301,9 +301,9 @@ def check_parity(
     seed: int = 0,
     device: torch.device | str = "cpu",
     tolerance: float | None = None,
-    engine: str = "ort",
+    backend: str = "ort",
 ) -> ParityReport:
-    """Run the graph at `path` in `engine` (a backend of `fastinv.runtime.backends`: ort an ONNX file in
+    """Run the graph at `path` in `backend` (a backend of `fastinv.runtime.backends`: ort an ONNX file in
     ONNX Runtime, trt a TensorRT engine file) and `reference` (the torch model it was exported from, ideally
     in fp32) in torch on the same random inputs; raise FastinvError above the tolerance.
 
@@ -311,7 +311,7 @@ def check_parity(
     """
     torch_model = reference.network if isinstance(reference, TorchSolver) else reference
     kind = "velocity" if isinstance(torch_model, FlowModel) else "solver"
-    graph = get_backend(engine).open_graph(Path(path), kind, device)
+    graph = get_backend(backend).open_graph(Path(path), kind, device)
     spec = graph.spec
     if isinstance(torch_model, FlowModel):
         spec.expect_model(graph.path, torch_model.family, torch_model.velocity.config)
@@ -331,7 +331,7 @@ def check_parity(
     actual = actual.to(expected.device)
     error = ((actual - expected).abs().max() / expected.abs().max()).item()
     tolerance = TOLERANCE[spec.precision] if tolerance is None else tolerance
-    report = ParityReport(graph.path, spec.precision, sizes, error, tolerance, engine)
+    report = ParityReport(graph.path, spec.precision, sizes, error, tolerance, backend)
     if not report.passed:
         raise FastinvError(f"parity check failed: {report}")
     return report

@@ -206,5 +206,5 @@ def build_engines(
             workspace=None if workspace_gib is None else int(workspace_gib * 2**30),
             optimization_level=optimization_level,
         )
-        parity = check_parity(built.path, reference, device=build_device, engine="trt") if check else None
+        parity = check_parity(built.path, reference, device=build_device, backend="trt") if check else None
         yield EngineBuild(built, profile, parity)

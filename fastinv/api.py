@@ -5,8 +5,8 @@ res = inv.invert("photo.png", prompt="a cat", steps=28)  # method "auto": deepin
 rec = inv.reconstruct(res)          # rec.image is a PIL image
 print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
 
-The same calls run on exported graphs: fastinv.load(..., engine="ort" | "trt", engine_dir=folder).
-On a GPU the torch engine takes the fast path (torch.compile, CUDA graphs, Triton step kernels) unless
+The same calls run on exported graphs: fastinv.load(..., backend="ort" | "trt", export_dir=folder).
+On a GPU the torch backend takes the fast path (torch.compile, CUDA graphs, Triton step kernels) unless
 fastinv.load(..., fast=False); the run's settings are one RunConfig (`fastinv.run_config`), inv.config.
 """
 
@@ -42,7 +42,7 @@ from fastinv.models.prompt_cache import PromptCache
 from fastinv.results import Edit, Inversion, Reconstruction
 from fastinv.run_config import RunConfig
 from fastinv.runtime.backends import get_backend
-from fastinv.runtime.engines import engine_folder, engine_solver, engine_velocity, solver_exported
+from fastinv.runtime.exports import export_folder, exported_solver, exported_velocity, solver_exported
 from fastinv.runtime.fast_path import compiled
 from fastinv.runtime.graph import GraphSolver
 from fastinv.runtime.weights import expect_weights
@@ -78,12 +78,12 @@ class Inverter:
     """A loaded model plus the invert → reconstruct → evaluate path, for any registered method.
 
     solver_dir: the DeepInv solver for method "deepinv" (default: the model folder's solver/), loaded
-    on first use. engine / engine_dir: what runs the solver: with "ort" or "trt", the solver exported
-    to engine_dir when it holds one (checked against solver_dir's config), else the torch solver.
+    on first use. backend / export_dir: what runs the solver: with "ort" or "trt", the solver exported
+    to export_dir when it holds one (checked against solver_dir's config), else the torch solver.
     config: how the run executes (device, dtype, compile, CUDA graphs, kernels), resolved by `load`; it is
     passed to every method and to the sampler, compiles torch solvers, and is recorded in each Inversion.
 
-    Threads: one Inverter may serve several threads, on every engine. The calls that run the networks
+    Threads: one Inverter may serve several threads, on every backend. The calls that run the networks
     (invert, invert_batch, reconstruct, edit) hold the inverter's lock, so one request at a time runs on
     the device; image loading and metrics run outside it. A GPU runs one request's batch at full width
     and torch on CPU already spreads one request over all cores, so a lock costs little; for throughput,
@@ -95,15 +95,15 @@ class Inverter:
         model: FlowModel,
         solver_dir: str | Path | None = None,
         *,
-        engine: str = "torch",
-        engine_dir: str | Path | None = None,
+        backend: str = "torch",
+        export_dir: str | Path | None = None,
         config: RunConfig | None = None,
     ) -> None:
         self.model = model
         self.config = config or RunConfig(model.device, model.dtype)
         self.solver_dir = Path(solver_dir) if solver_dir is not None else model.solver_dir
-        self.engine = engine
-        self.engine_dir = engine_folder(engine, engine_dir)
+        self.backend = backend
+        self.export_dir = export_folder(backend, export_dir)
         self._solver: TorchSolver | GraphSolver | None = None
         self._solvers_by_path: dict[Path, TorchSolver | GraphSolver] = {}
         self._lock = threading.RLock()
@@ -117,11 +117,11 @@ class Inverter:
 
     @property
     def has_solver(self) -> bool:
-        """Whether method deepinv can run: a solver folder, or an exported solver in engine_dir."""
+        """Whether method deepinv can run: a solver folder, or an exported solver in export_dir."""
         if self.solver_dir is not None:
             return True
         precision = precision_name(self.model.dtype)
-        return self.engine_dir is not None and solver_exported(self.engine, self.engine_dir, precision)
+        return self.export_dir is not None and solver_exported(self.backend, self.export_dir, precision)
 
     def resolve_method(self, method: str) -> str:
         """`method`, with "auto" (the default) resolved: deepinv where this inverter has a solver, else
@@ -129,18 +129,18 @@ class Inverter:
         return auto_method(self.has_solver) if method == AUTO else method
 
     def _load_solver(self, folder: str | Path | None) -> TorchSolver | GraphSolver:
-        """The solver of `folder` on this inverter's engine: its exported graph in engine_dir if there is
+        """The solver of `folder` on this inverter's backend: its exported graph in export_dir if there is
         one, else the torch solver; checked against the model."""
         config = None if folder is None else read_solver_config(folder)
         solver: TorchSolver | GraphSolver | None = None
-        if self.engine_dir is not None:
+        if self.export_dir is not None:
             precision = precision_name(self.model.dtype)
-            solver = engine_solver(self.engine, self.engine_dir, precision, self.model.device, config)
+            solver = exported_solver(self.backend, self.export_dir, precision, self.model.device, config)
             if solver is not None:
                 expect_weights(solver.graph.path, solver.graph.spec.weights, folder)
         if solver is None:
             if folder is None:
-                held = "" if self.engine_dir is None else f" and {self.engine_dir} holds no exported solver"
+                held = "" if self.export_dir is None else f" and {self.export_dir} holds no exported solver"
                 raise FastinvError(
                     f"method deepinv needs a trained solver: {self.model.name} has no solver/ folder{held}; "
                     "pass --solver DIR (fastinv train writes one)"
@@ -229,7 +229,7 @@ class Inverter:
         if not images:
             raise FastinvError("no images to invert")
         method = self.resolve_method(method)
-        get_backend(self.engine).check_method(method)  # e.g. preciseinv's gradients on ort: before any work
+        get_backend(self.backend).check_method(method)  # e.g. preciseinv's gradients on ort: before any work
         check_options(method, options)
         invert = get_method(method)
         loaded = [image if isinstance(image, LoadedImage) else self.prepare_image(image) for image in images]
@@ -395,8 +395,8 @@ def load(
     dtype: str = "auto",
     embeddings: str | Path | None = None,
     solver: str | Path | None = None,
-    engine: str = "torch",
-    engine_dir: str | Path | None = None,
+    backend: str = "torch",
+    export_dir: str | Path | None = None,
     fast: bool | None = None,
     compile: bool | None = None,
     cuda_graphs: bool | None = None,
@@ -408,14 +408,14 @@ def load(
     device: auto | cpu | cuda[:N]; dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16;
     embeddings: a precomputed prompt-embeddings file, for folders without text encoders;
     solver: a DeepInv solver folder for method "deepinv" (default: the model folder's solver/);
-    engine: torch | ort | trt: what runs the denoiser (and the solver, when engine_dir holds it);
-    engine_dir: the folder `fastinv export` wrote, whose graphs are picked by dtype
+    backend: torch | ort | trt: what runs the denoiser (and the solver, when export_dir holds it);
+    export_dir: the folder `fastinv export` wrote, whose graphs are picked by dtype
     (velocity.<dtype>.onnx, solver.<dtype>.onnx, TensorRT engines beside them);
-    fast: the torch engine's GPU fast path (None: on for CUDA); compile / cuda_graphs override its two
+    fast: the torch backend's GPU fast path (None: on for CUDA); compile / cuda_graphs override its two
     switches one by one; kernels: "auto" (Triton step kernels on CUDA) | "torch" (their references);
     prompt_cache_size: how many prompts' embeddings the LRU keeps.
     """
-    folder = engine_folder(engine, engine_dir)
+    folder = export_folder(backend, export_dir)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model = load_model(
@@ -423,16 +423,16 @@ def load(
         device=torch_device,
         dtype=torch_dtype,
         embeddings=embeddings,
-        transformer_weights=folder is None,  # an engine runs the exported graph: architecture only
+        transformer_weights=folder is None,  # a graph backend runs the exported graph: architecture only
     )
     model.prompt_cache = PromptCache(prompt_cache_size)
     config = RunConfig.resolve(
         torch_device, torch_dtype, enabled=fast, compile=compile, cuda_graphs=cuda_graphs, kernels=kernels
     )
     if folder is not None:
-        velocity = engine_velocity(engine, folder, model, precision_name(torch_dtype))
+        velocity = exported_velocity(backend, folder, model, precision_name(torch_dtype))
         model = dataclasses.replace(model, velocity=velocity)
-        config = dataclasses.replace(config, compile=False, cuda_graphs=False)  # the engine's own
+        config = dataclasses.replace(config, compile=False, cuda_graphs=False)  # the backend's own
     elif config.compile:
         model = dataclasses.replace(model, velocity=compiled(model.velocity))
-    return Inverter(model, solver, engine=engine, engine_dir=folder, config=config)
+    return Inverter(model, solver, backend=backend, export_dir=folder, config=config)

@@ -71,11 +71,11 @@ EmbeddingsOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")]
-ENGINE_NAMES = " | ".join(BACKENDS)
-FOLDER_ENGINES = " / ".join(folder_backends())
+BACKEND_NAMES = " | ".join(BACKENDS)
+FOLDER_BACKENDS = " / ".join(folder_backends())
 BENCH_EXPORTS = " / ".join(name for name, backend in BACKENDS.items() if backend.bench_exports)
 NEEDS_EXPORT = " / ".join(name for name, b in BACKENDS.items() if b.folder and not b.bench_exports)
-EngineOption = Annotated[
+BackendOption = Annotated[
     str,
     typer.Option(
         help="What runs the denoiser (and solver): "
@@ -83,15 +83,18 @@ EngineOption = Annotated[
         + " (see `fastinv export`)."
     ),
 ]
-EngineDirOption = Annotated[
+ExportDirOption = Annotated[
     Path | None,
-    typer.Option(help=f"For {FOLDER_ENGINES}: the folder `fastinv export` wrote (graphs by --dtype)."),
+    typer.Option(
+        help=f"For {FOLDER_BACKENDS}: the folder `fastinv export` wrote (ONNX graphs by --dtype, and for "
+        "trt the TensorRT engines built from them)."
+    ),
 ]
 FastOption = Annotated[
     bool | None,
     typer.Option(
         "--fast/--no-fast",
-        help="torch engine fast path: torch.compile + CUDA graphs + Triton step kernels "
+        help="torch backend fast path: torch.compile + CUDA graphs + Triton step kernels "
         "(default: on for CUDA, off on CPU).",
     ),
 ]
@@ -148,8 +151,8 @@ def invert(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-out"),
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
-    engine: EngineOption = "torch",
-    engine_dir: EngineDirOption = None,
+    backend: BackendOption = "torch",
+    export_dir: ExportDirOption = None,
     fast: FastOption = None,
     compile_: CompileOption = None,
     cuda_graphs: CudaGraphsOption = None,
@@ -163,7 +166,7 @@ def invert(
     from fastinv.pipeline import InversionJob, invert_to_files
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
-    get_backend(engine).check_method(method)  # before loading
+    get_backend(backend).check_method(method)  # before loading
     _check_out(out)
     method_options = parse_options(method, set_ or [])
     images = [*(images or []), *([EXAMPLE_IMAGE] if example else [])]
@@ -177,8 +180,8 @@ def invert(
             dtype=dtype,
             embeddings=embeddings,
             solver=solver,
-            engine=engine,
-            engine_dir=engine_dir,
+            backend=backend,
+            export_dir=export_dir,
             fast=fast,
             compile=compile_,
             cuda_graphs=cuda_graphs,
@@ -189,7 +192,7 @@ def invert(
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
 
-    where = f"{inverter.model.device} ({engine} engine, {inverter.config.describe()})"
+    where = f"{inverter.model.device} ({backend} backend, {inverter.config.describe()})"
     title = f"{method}, {steps} steps, {inverter.model.family} on {where}"
     table = Table(title=title)
     for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
@@ -247,8 +250,8 @@ def edit(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-edit"),
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
-    engine: EngineOption = "torch",
-    engine_dir: EngineDirOption = None,
+    backend: BackendOption = "torch",
+    export_dir: ExportDirOption = None,
     fast: FastOption = None,
     compile_: CompileOption = None,
     cuda_graphs: CudaGraphsOption = None,
@@ -273,7 +276,7 @@ def edit(
     )
     check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     SourceControl.check(strength, stop, start)  # before loading
-    get_backend(engine).check_method(method)
+    get_backend(backend).check_method(method)
     _check_out(out)
     options = parse_options(method, set_ or [])
     with console.status(f"loading {model or 'the shipped default model'}"):
@@ -283,8 +286,8 @@ def edit(
             dtype=dtype,
             embeddings=embeddings,
             solver=solver,
-            engine=engine,
-            engine_dir=engine_dir,
+            backend=backend,
+            export_dir=export_dir,
             fast=fast,
             compile=compile_,
             cuda_graphs=cuda_graphs,
@@ -392,7 +395,7 @@ def train(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option(help="Output folder; pass it as `fastinv invert --engine-dir`.")],
+    out: Annotated[Path, typer.Option(help="Output folder; pass it as `fastinv invert --export-dir`.")],
     model: Annotated[
         Path | None, typer.Option(help="Local diffusers folder; default: the shipped default model.")
     ] = None,
@@ -502,11 +505,11 @@ def bench(
     methods: Annotated[
         str, typer.Option(help="'all' or a comma-separated list of methods, each with its default options.")
     ] = "all",
-    engines: Annotated[
+    backends: Annotated[
         str,
         typer.Option(
-            help=f"Comma-separated {ENGINE_NAMES} ({BENCH_EXPORTS}: exported to OUT/engines unless "
-            "--engine-dir)."
+            help=f"Comma-separated {BACKEND_NAMES} ({BENCH_EXPORTS}: exported to OUT/exports unless "
+            "--export-dir)."
         ),
     ] = "torch",
     steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "10,25,50",
@@ -518,10 +521,10 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed inversions per method × steps before timing.")] = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
-    engine_dir: Annotated[
+    export_dir: Annotated[
         Path | None,
         typer.Option(
-            help=f"For {FOLDER_ENGINES}: a folder `fastinv export` wrote ({NEEDS_EXPORT} needs one: "
+            help=f"For {FOLDER_BACKENDS}: a folder `fastinv export` wrote ({NEEDS_EXPORT} needs one: "
             f"--format {NEEDS_EXPORT})."
         ),
     ] = None,
@@ -534,7 +537,7 @@ def bench(
     ] = False,
     fast: FastOption = None,
 ) -> None:
-    """Time and score every method × engine × step count on the same images; write JSON, Markdown, plots."""
+    """Time and score every method × backend × step count on the same images; write JSON, Markdown, plots."""
     import logging
 
     _quiet_libraries()
@@ -546,7 +549,7 @@ def bench(
         model=model,
         solver=solver,
         methods=methods,
-        engines=engines,
+        backends=backends,
         steps=steps,
         images=images,
         max_images=max_images,
@@ -554,7 +557,7 @@ def bench(
         warmup=warmup,
         device=device,
         dtype=dtype,
-        engine_dir=engine_dir,
+        export_dir=export_dir,
         out=out,
         timing_only=timing_only,
         fast=fast,
@@ -581,7 +584,7 @@ def _version_of(package: str) -> str:
 
 @app.command()
 def info() -> None:
-    """Print versions, devices, engines and inversion methods."""
+    """Print versions, devices, backends and inversion methods."""
     import torch
 
     from fastinv import __version__
@@ -591,7 +594,7 @@ def info() -> None:
     from fastinv.methods import METHODS
     from fastinv.models import DEFAULT_MODEL
     from fastinv.run_config import RunConfig
-    from fastinv.runtime.engines import available_engines
+    from fastinv.runtime.exports import available_backends
 
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
@@ -606,10 +609,10 @@ def info() -> None:
     table.add_row("default model", f"{DEFAULT_MODEL} ({shipped})")
     solver = "present" if (DEFAULT_MODEL / "solver" / "config.json").is_file() else "missing"
     table.add_row("default DeepInv solver", f"{DEFAULT_MODEL / 'solver'} ({solver})")
-    table.add_row("engines", ", ".join(available_engines()))
+    table.add_row("backends", ", ".join(available_backends()))
     fast = RunConfig.resolve(resolve_device("auto"), resolve_dtype("auto", resolve_device("auto")))
     kernels = "Triton on CUDA tensors" if triton_available() else "torch references (triton not installed)"
-    table.add_row("fast path (torch engine)", f"{fast.describe()}; step kernels: {kernels}")
+    table.add_row("fast path (torch backend)", f"{fast.describe()}; step kernels: {kernels}")
     methods = f"{', '.join(METHODS)}; default auto: deepinv with a solver, else warm_fixed_point"
     table.add_row("methods", methods)
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")

@@ -29,7 +29,7 @@ INVERSION_FILES = (".zT.safetensors", ".recon.png", ".metrics.json")
 
 
 def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
-    """Provenance of z_T: model, method, schedule (σ), prompt, guidance, image, engine, device, run config
+    """Provenance of z_T: model, method, schedule (σ), prompt, guidance, image, backend, device, run config
     (compile, CUDA graphs, kernels), version."""
     image = inversion.image
     return {
@@ -46,7 +46,7 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
         "prompt": inversion.cond.prompt,
         "guidance": inversion.cond.guidance_scale,
         "embedded_guidance": inversion.cond.embedded_guidance,
-        "engine": model.velocity.engine,
+        "backend": model.velocity.backend,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
         "run_config": None if inversion.config is None else inversion.config.record(),

@@ -1,4 +1,4 @@
-"""How a run executes, as one immutable value: device, dtype and the torch engine's fast-path switches.
+"""How a run executes, as one immutable value: device, dtype and the torch backend's fast-path switches.
 
 The Inverter holds it; it reaches every method and the sampler as their `config` argument (methods
 call `run.kernels` and `run.captured`, which read it); each output set records it.

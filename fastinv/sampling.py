@@ -97,11 +97,12 @@ def sample_euler(
     step = captured(euler_step, model, z.device, capture=config.cuda_graphs)
     z = z.float()
     for i in range(n):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        # σ runs down: sigma_lower < sigma (in fastinv sigma_next always means an inversion step's larger σ)
+        sigma, sigma_lower = sigmas[i], sigmas[i + 1]
         eta = sigma_batch(control.strength if i in controlled else 0.0, z)
-        z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_next, z), eta)
+        z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_lower, z), eta)
         if callback is not None:
             callback(
-                {"i": i, "sigma": float(sigma), "sigma_next": float(sigma_next), "z": z, "nfe": model.calls}
+                {"i": i, "sigma": float(sigma), "sigma_lower": float(sigma_lower), "z": z, "nfe": model.calls}
             )
     return z, model.calls

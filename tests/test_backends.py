@@ -12,20 +12,20 @@ import fastinv.api
 from fastinv.errors import FastinvError
 from fastinv.methods import METHODS, NEEDS_GRADIENTS
 from fastinv.runtime.backends import BACKENDS, folder_backends, get_backend
-from fastinv.runtime.engines import available_engines, engine_folder
+from fastinv.runtime.exports import available_backends, export_folder
 
 
 def test_table_and_lookups(tmp_path: Path) -> None:
     assert list(BACKENDS) == ["torch", "ort", "trt"] and folder_backends() == ["ort", "trt"]
     assert [name for name, b in BACKENDS.items() if b.differentiable] == ["torch"]
     assert len({b.marker for b in BACKENDS.values()}) == len(BACKENDS)
-    assert available_engines()[0] == "torch" and set(available_engines()) <= set(BACKENDS)
+    assert available_backends()[0] == "torch" and set(available_backends()) <= set(BACKENDS)
     assert set(METHODS) >= NEEDS_GRADIENTS
-    with pytest.raises(FastinvError, match="unknown engine 'gpu': use torch, ort, trt"):
+    with pytest.raises(FastinvError, match="unknown backend 'gpu': use torch, ort, trt"):
         get_backend("gpu")
-    with pytest.raises(FastinvError, match="--engine-dir is for the ort and trt engines; the torch engine"):
-        engine_folder("torch", tmp_path)
-    with pytest.raises(FastinvError, match="the torch engine runs no exported graphs"):
+    with pytest.raises(FastinvError, match="--export-dir is for the ort and trt backends; the torch backend"):
+        export_folder("torch", tmp_path)
+    with pytest.raises(FastinvError, match="the torch backend runs no exported graphs"):
         BACKENDS["torch"].load_velocity(tmp_path, None, "fp32")  # type: ignore[arg-type]
 
 
@@ -35,21 +35,21 @@ def test_gradient_methods_are_refused_on_graph_backends() -> None:
             reason = backend.refusal(method)
             assert (reason is None) == (backend.differentiable or method not in NEEDS_GRADIENTS)
             if reason is not None:
-                assert f"the {name} engine has none" in reason and "not differentiable" in reason
+                assert f"the {name} backend has none" in reason and "not differentiable" in reason
                 assert "\n" not in reason
 
 
 def test_cli_refuses_preciseinv_on_ort_early(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(fastinv.api, "load", lambda *a, **k: pytest.fail("loaded a model"))
-    args = ["invert", "--example", "--engine", "ort", "--engine-dir", str(tmp_path), "--method", "preciseinv"]
-    code, _, err = cli([*args, "--out", str(tmp_path / "o")])
-    assert code == 2 and "method preciseinv needs gradients" in err and "the ort engine" in err
+    args = ["invert", "--example", "--backend", "ort", "--export-dir", str(tmp_path)]
+    code, _, err = cli([*args, "--method", "preciseinv", "--out", str(tmp_path / "o")])
+    assert code == 2 and "method preciseinv needs gradients" in err and "the ort backend" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_api_refuses_preciseinv_on_ort_before_any_work(tiny_sd3_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     model = fastinv.api.load_model(tiny_sd3_dir)
-    inverter = fastinv.api.Inverter(model, engine="ort", engine_dir=tmp_path)
-    with pytest.raises(FastinvError, match="the ort engine has none"):
+    inverter = fastinv.api.Inverter(model, backend="ort", export_dir=tmp_path)
+    with pytest.raises(FastinvError, match="the ort backend has none"):
         inverter.invert(tmp_path / "absent.png", method="preciseinv")  # refused before the image loads

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -18,8 +19,11 @@ from PIL import Image
 from skimage import data
 
 from fastinv.bench import PeakMemory, aggregate, interpolate_log_time, memory, summarize
+from fastinv.bench.plan import list_images
 from fastinv.bench.report import TIMING_ONLY_NOTE
 from fastinv.bench.summary import OUTSIDE
+from fastinv.errors import FastinvError
+from fastinv.images import IMAGE_SUFFIXES
 from fastinv.methods.base import Stopwatch
 
 
@@ -47,12 +51,12 @@ def _valid_png(path: Path) -> None:
 def test_bench_torch_and_ort_end_to_end(
     tiny_sd3_dir: Path, solver_dir: Path, photos: Path, tmp_path: Path, memoised_export: list[Path]
 ) -> None:
-    """Every engine × method × steps × image is a row or a skip; NFE follows each method's formula; the
-    summary ratios are the aggregates' ratios; the ORT graphs are exported first (once, to OUT/engines:
+    """Every backend × method × steps × image is a row or a skip; NFE follows each method's formula; the
+    summary ratios are the aggregates' ratios; the ORT graphs are exported first (once, to OUT/exports:
     memoised_export serves the session's export of this model and solver); all files are written."""
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench"
-    methods, engines, steps = ("euler", "renoise", "deepinv", "preciseinv"), ("torch", "ort"), (2, 3)
+    methods, backends, steps = ("euler", "renoise", "deepinv", "preciseinv"), ("torch", "ort"), (2, 3)
     args = [
         "bench",
         "--model",
@@ -62,31 +66,31 @@ def test_bench_torch_and_ort_end_to_end(
         "--methods",
         ",".join(methods),
     ]
-    args += ["--engines", ",".join(engines), "--steps", "3,2", "--images", str(photos), "--repeats", "2"]
-    # no warm-up inversions (untimed, unrecorded; test_an_engine_that_fails_to_load_is_skipped runs one)
+    args += ["--backends", ",".join(backends), "--steps", "3,2", "--images", str(photos), "--repeats", "2"]
+    # no warm-up inversions (untimed, unrecorded; test_a_backend_that_fails_to_load_is_skipped runs one)
     code, stdout, stderr = cli([*args, "--warmup", "0", "--device", "cpu", "--out", str(out)])
     assert code == 0, stderr
     print(stdout)
-    assert f"exported velocity.fp32.onnx, solver.fp32.onnx to {out / 'engines'}" in stdout
+    assert f"exported velocity.fp32.onnx, solver.fp32.onnx to {out / 'exports'}" in stdout
     assert "Time ratios" in stdout and f"wrote {out / 'bench.json'}" in stdout
 
     record = json.loads((out / "bench.json").read_text())
     assert (
-        record["command"].startswith("fastinv bench --model") and "--engines torch,ort" in record["command"]
+        record["command"].startswith("fastinv bench --model") and "--backends torch,ort" in record["command"]
     )
     assert record["config"]["image_names"] == ["a_astronaut.png", "b_coffee.jpg"]
     assert record["config"]["steps"] == [2, 3] and record["hardware"]["torch_threads"] >= 1
     assert {"torch", "diffusers", "onnxruntime", "fastinv"} <= set(record["versions"])
-    assert record["engines"]["ort"]["engine_dir"] == str(out / "engines")
-    assert record["engines"]["torch"]["fast_path"].startswith("eager")
+    assert record["backends"]["ort"]["export_dir"] == str(out / "exports")
+    assert record["backends"]["torch"]["fast_path"].startswith("eager")
     assert "trained model" in record["fidelity_note"]
 
-    # preciseinv needs gradients: the ORT engine cannot give them, so it is skipped, not a crash
-    skipped = {(s["engine"], s["method"], s["steps"]): s["reason"] for s in record["skipped"]}
+    # preciseinv needs gradients: the ORT backend cannot give them, so it is skipped, not a crash
+    skipped = {(s["backend"], s["method"], s["steps"]): s["reason"] for s in record["skipped"]}
     assert set(skipped) == {("ort", "preciseinv", 2), ("ort", "preciseinv", 3)}
     assert all("not differentiable" in reason for reason in skipped.values())
-    combos = {(r["engine"], r["method"], r["steps"]) for r in record["aggregates"]}
-    assert combos | set(skipped) == {(e, m, s) for e in engines for m in methods for s in steps}
+    combos = {(r["backend"], r["method"], r["steps"]) for r in record["aggregates"]}
+    assert combos | set(skipped) == {(e, m, s) for e in backends for m in methods for s in steps}
     assert len(record["rows"]) == 2 * len(combos)
 
     for row in record["rows"]:
@@ -99,29 +103,29 @@ def test_bench_torch_and_ort_end_to_end(
         else:
             assert n + 1 <= row["nfe"] <= n + 1 + 10 * n  # preciseinv: N + 1 + its updates (≤ max_iters/step)
 
-    aggregates = {(r["engine"], r["method"], r["steps"]): r for r in record["aggregates"]}
-    for (engine, method, n), agg in aggregates.items():
+    aggregates = {(r["backend"], r["method"], r["steps"]): r for r in record["aggregates"]}
+    for (backend, method, n), agg in aggregates.items():
         times = [
             t
             for r in record["rows"]
-            if (r["engine"], r["method"], r["steps"]) == (engine, method, n)
+            if (r["backend"], r["method"], r["steps"]) == (backend, method, n)
             for t in r["seconds"]
         ]
         assert agg["seconds_median"] == pytest.approx(statistics.median(times))
         assert agg["seconds_p20"] <= agg["seconds_median"] <= agg["seconds_p80"]
-    for engine in engines:
-        summary = record["summary"][engine]
+    for backend in backends:
+        summary = record["summary"][backend]
         ratios = {(r["ratio"], r["steps"]): r["value"] for r in summary["time_ratios"]}
         assert set(ratios) == {(name, n) for name in ("deepinv ÷ euler", "renoise ÷ deepinv") for n in steps}
         by_hand = (
-            aggregates[engine, "deepinv", 3]["seconds_median"]
-            / aggregates[engine, "euler", 3]["seconds_median"]
+            aggregates[backend, "deepinv", 3]["seconds_median"]
+            / aggregates[backend, "euler", 3]["seconds_median"]
         )
         assert ratios["deepinv ÷ euler", 3] == pytest.approx(by_hand)
         same_steps = {(r["baseline"], r["steps"]): r for r in summary["equal_steps"]}
-        baselines = {"euler", "renoise"} | ({"preciseinv"} if engine == "torch" else set())
+        baselines = {"euler", "renoise"} | ({"preciseinv"} if backend == "torch" else set())
         assert set(same_steps) == {(b, n) for b in baselines for n in steps}
-        psnr = aggregates[engine, "deepinv", 2]["psnr"] - aggregates[engine, "renoise", 2]["psnr"]
+        psnr = aggregates[backend, "deepinv", 2]["psnr"] - aggregates[backend, "renoise", 2]["psnr"]
         assert same_steps["renoise", 2]["psnr"] == pytest.approx(psnr)
         assert {(r["baseline"], r["steps"]) for r in summary["equal_time"]} == set(same_steps)
         for r in summary["equal_time"]:
@@ -132,8 +136,8 @@ def test_bench_torch_and_ort_end_to_end(
     assert "## Skipped" in markdown and "## DeepInv − baseline at equal time" in markdown
     for name in ("fidelity_vs_time.png", "fidelity_vs_steps.png"):
         _valid_png(out / name)
-    assert sorted(p.name for p in (out / "engines").iterdir()) == ["solver.fp32.onnx", "velocity.fp32.onnx"]
-    assert memoised_export == [out / "engines"]
+    assert sorted(p.name for p in (out / "exports").iterdir()) == ["solver.fp32.onnx", "velocity.fp32.onnx"]
+    assert memoised_export == [out / "exports"]
 
 
 def test_deepinv_without_solver_is_skipped_and_timing_only(tiny_sd3_dir: Path, tmp_path: Path) -> None:
@@ -165,23 +169,23 @@ def test_deepinv_without_solver_is_skipped_and_timing_only(tiny_sd3_dir: Path, t
     assert not (out / "fidelity_vs_time.png").exists()
 
 
-def test_an_engine_that_fails_to_load_is_skipped(tiny_sd3_dir: Path, tmp_path: Path) -> None:
-    """A broken graph in --engine-dir: every ort combination is skipped with the load error's line, and the
-    torch engine's results are still written."""
+def test_a_backend_that_fails_to_load_is_skipped(tiny_sd3_dir: Path, tmp_path: Path) -> None:
+    """A broken graph in --export-dir: every ort combination is skipped with the load error's line, and the
+    torch backend's results are still written."""
     pytest.importorskip("onnxruntime")
-    broken = tmp_path / "engines"
+    broken = tmp_path / "exports"
     broken.mkdir()
     (broken / "velocity.fp32.onnx").write_text("not a graph")
     out = tmp_path / "bench"
     args = ["bench", "--model", str(tiny_sd3_dir), "--methods", "euler", "--steps", "1,2", "--repeats", "1"]
-    args += ["--engines", "torch,ort", "--engine-dir", str(broken), "--max-images", "1", "--timing-only"]
+    args += ["--backends", "torch,ort", "--export-dir", str(broken), "--max-images", "1", "--timing-only"]
     code, _, stderr = cli([*args, "--device", "cpu", "--out", str(out)])
     assert code == 0, stderr
     record = json.loads((out / "bench.json").read_text())
-    assert [(r["engine"], r["steps"]) for r in record["rows"]] == [("torch", 1), ("torch", 2)]
-    assert [(s["engine"], s["steps"]) for s in record["skipped"]] == [("ort", 1), ("ort", 2)]
+    assert [(r["backend"], r["steps"]) for r in record["rows"]] == [("torch", 1), ("torch", 2)]
+    assert [(s["backend"], s["steps"]) for s in record["skipped"]] == [("ort", 1), ("ort", 2)]
     assert all("cannot read ONNX graph" in s["reason"] for s in record["skipped"])
-    assert list(record["engines"]) == ["torch"]
+    assert list(record["backends"]) == ["torch"]
 
 
 def _agg(
@@ -189,11 +193,11 @@ def _agg(
     steps: int,
     seconds: float,
     psnr: float | None,
-    engine: str = "torch",
+    backend: str = "torch",
     cost: float | None = None,
 ) -> dict:
     return {
-        "engine": engine,
+        "backend": backend,
         "method": method,
         "steps": steps,
         "cost": (1.1 * steps if method == "deepinv" else steps) if cost is None else cost,
@@ -223,7 +227,7 @@ def test_summary_on_hand_made_rows() -> None:
         _agg("deepinv", 10, 1.5, 22.0),
         _agg("deepinv", 25, 2 * math.sqrt(2), 27.0),
         _agg("deepinv", 50, 8.0, 35.0),
-        _agg("euler", 10, 0.5, 20.0, engine="ort"),
+        _agg("euler", 10, 0.5, 20.0, backend="ort"),
         _agg("gnri", 10, 3.0, 25.0, cost=50.0),  # dominated by euler at 50 steps (as cheap, better)
     ]
     summary = summarize(rows)
@@ -267,7 +271,7 @@ def test_summary_on_hand_made_rows() -> None:
 
 def test_aggregate_median_spread_and_means() -> None:
     def row(image: str, seconds: list[float], psnr: float, nfe: int) -> dict:
-        base = {"engine": "torch", "method": "preciseinv", "steps": 2, "image": image, "nfe": nfe}
+        base = {"backend": "torch", "method": "preciseinv", "steps": 2, "image": image, "nfe": nfe}
         return base | {"seconds": seconds, "peak_mib": 10.0 + nfe, "psnr": psnr, "ssim": 0.5, "lpips": None}
 
     (agg,) = aggregate([row("a", [1.0, 2.0, 3.0], 20.0, 4), row("b", [4.0, 5.0, 6.0], 30.0, 5)])
@@ -346,6 +350,17 @@ def test_stopwatch_times_cuda_with_events(monkeypatch: pytest.MonkeyPatch) -> No
     assert 0 <= cpu.seconds() < 1
 
 
+def test_bench_images_follow_the_shared_image_rule(tmp_path: Path) -> None:
+    """--images FOLDER takes the files `fastinv.images.is_image_file` accepts (IMAGE_SUFFIXES), by name."""
+    for name in ("b.PNG", "a.webp", "c.gif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d.png").mkdir()  # a folder, not an image
+    assert [image.name for image in list_images(str(tmp_path))] == ["a.webp", "b.PNG"]
+    looked_for = f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+    with pytest.raises(FastinvError, match=re.escape(looked_for)):
+        list_images(str(tmp_path / "d.png"))
+
+
 def test_bench_errors_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad options are one `error:` line, exit 2, and nothing written."""
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as here, also where TensorRT is installed
@@ -355,11 +370,11 @@ def test_bench_errors_before_any_work(tmp_path: Path, monkeypatch: pytest.Monkey
     out = tmp_path / "out"
     cases = {
         ("--methods", "euler,magic"): "unknown method 'magic'",
-        ("--engines", "torch,gpu"): "unknown engine 'gpu'",
-        ("--engines", "trt"): "the trt engine needs NVIDIA TensorRT",
-        ("--engine-dir", str(tmp_path)): "--engine-dir is for the ort and trt engines",
-        ("--engines", "ort", "--engine-dir", str(tmp_path / "absent")): "engine folder not found",
-        ("--engines", "ort", "--engine-dir", str(empty)): r"no velocity.fp32.onnx in",
+        ("--backends", "torch,gpu"): "unknown backend 'gpu'",
+        ("--backends", "trt"): "the trt backend needs NVIDIA TensorRT",
+        ("--export-dir", str(tmp_path)): "--export-dir is for the ort and trt backends",
+        ("--backends", "ort", "--export-dir", str(tmp_path / "absent")): "export folder not found",
+        ("--backends", "ort", "--export-dir", str(empty)): r"no velocity.fp32.onnx in",
         ("--steps", "10,x"): "--steps takes comma-separated whole numbers",
         ("--steps", "0,5"): "--steps must all be at least 1",
         ("--steps", ","): "--steps is empty",

@@ -1,5 +1,5 @@
 """ONNX export and the ONNX Runtime backend: parity with torch (CPU EP), dynamic axes, the same method code
-on both engines, and one-line errors for missing or mismatched graphs.
+on both backends, and one-line errors for missing or mismatched graphs.
 
 Each tiny model is exported once per module (tracing dominates the cost, not the model size); the tiny SD3's
 and the shipped model's graphs are the session's `fastinv export` (conftest), shared with other modules.
@@ -131,14 +131,14 @@ def test_shipped_model_parity_and_fixed_resolution(shipped_graph: tuple[Inverter
 
 
 def test_euler_inversion_on_ort_matches_torch_on_a_photo(shipped_graph: tuple[Inverter, Path]) -> None:
-    """The same method code (Inverter.invert → invert_euler, then Euler sampling) on both engines."""
+    """The same method code (Inverter.invert → invert_euler, then Euler sampling) on both backends."""
     inverter, path = shipped_graph
     ort_model = dataclasses.replace(inverter.model, velocity=OrtVelocity.load(path, model=inverter.model))
     ort_inverter = Inverter(ort_model)
     runs = []
-    for engine in (inverter, ort_inverter):
-        inversion = engine.invert(EXAMPLE_IMAGE, prompt="a cup of coffee", steps=8, guidance=2.0)
-        runs.append((inversion, engine.reconstruct(inversion)))
+    for runner in (inverter, ort_inverter):
+        inversion = runner.invert(EXAMPLE_IMAGE, prompt="a cup of coffee", steps=8, guidance=2.0)
+        runs.append((inversion, runner.reconstruct(inversion)))
     (torch_inv, torch_rec), (ort_inv, ort_rec) = runs
     z_error = (ort_inv.result.z_T - torch_inv.result.z_T).abs().max() / torch_inv.result.z_T.abs().max()
     pixel_error = (ort_rec.pixels - torch_rec.pixels).abs().max() / torch_rec.pixels.abs().max()

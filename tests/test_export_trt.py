@@ -355,7 +355,7 @@ def test_runtime_binding_and_same_method_code(
     cond = _cond(tiny)
     fake_trt.kernel = _kernel(tiny, cond)
     velocity = TrtVelocity.load(velocity_onnx.parent, model=tiny, precision="fp32", device="cpu")
-    assert velocity.engine == "trt" and velocity.graph.io[-1] == TensorIO("velocity", False, torch.float32)
+    assert velocity.backend == "trt" and velocity.graph.io[-1] == TensorIO("velocity", False, torch.float32)
     z, sigma = torch.randn(1, 4, 16, 8), torch.tensor([0.4])
     fake_trt.calls.clear()
     actual = velocity(z, sigma, cond)

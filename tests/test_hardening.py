@@ -1,5 +1,5 @@
 """Hostile input, faults and signals: each ends in one `error:` line with the right exit code, leaves nothing
-half-written, and a model, solver or engine folder can never make fastinv run code it names."""
+half-written, and a model, solver or export folder can never make fastinv run code it names."""
 
 from __future__ import annotations
 
@@ -131,17 +131,17 @@ def test_a_real_sigterm_mid_run(tmp_path: Path) -> None:
     assert not out.exists() or not any(out.iterdir())
 
 
-# --- 4. engines keyed on the weights ------------------------------------------------------------------------
+# --- 4. exports keyed on the weights ------------------------------------------------------------------------
 
 
-def test_an_engine_from_other_weights_is_refused(
+def test_an_export_from_other_weights_is_refused(
     tiny_sd3_dir: Path, tiny_sd3_export: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """Graphs are keyed on the weights. The engine folder holds what `fastinv export --model TINY` writes,
+    """Graphs are keyed on the weights. The export folder holds what `fastinv export --model TINY` writes,
     the velocity graph (copied from the session's export of the tiny SD3)."""
-    engines = tmp_path / "engines"
-    engines.mkdir()
-    shutil.copyfile(tiny_sd3_export[0] / "velocity.fp32.onnx", engines / "velocity.fp32.onnx")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    shutil.copyfile(tiny_sd3_export[0] / "velocity.fp32.onnx", exports / "velocity.fp32.onnx")
     other = tmp_path / "other"
     shutil.copytree(tiny_sd3_dir, other)
     weights = other / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -149,7 +149,7 @@ def test_an_engine_from_other_weights_is_refused(
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] + 0.01  # same config and shapes, other values
     save_file(tensors, weights)
-    run = ["invert", "--example", "--engine", "ort", "--engine-dir", str(engines), "--steps", "2"]
+    run = ["invert", "--example", "--backend", "ort", "--export-dir", str(exports), "--steps", "2"]
     code, _, err = cli([*run, "--model", str(other), "--out", str(tmp_path / "o")])
     assert code == 2 and "exported from other weights" in one_error_line(err)
     code, _, err = cli([*run, "--model", str(tiny_sd3_dir), "--out", str(tmp_path / "o2")])

@@ -161,7 +161,7 @@ def test_bad_folders(tiny_sd3_dir: Path, tmp_path: Path) -> None:
 
 
 def test_architecture_only_load_allocates_no_transformer_weights(tiny_sd3_dir: Path) -> None:
-    """For the ort/trt engines: the transformer is built from its config on the meta device."""
+    """For the ort/trt backends: the transformer is built from its config on the meta device."""
     model = load_model(tiny_sd3_dir, transformer_weights=False)
     network = model.velocity.network
     assert all(p.is_meta for p in network.parameters())

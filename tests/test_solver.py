@@ -204,7 +204,7 @@ def test_deepinv_update_rule_and_blend() -> None:
         for i, sigma, sigma_next in upward_steps(sigmas):
             s, s_next = sigma_batch(sigma, z), sigma_batch(sigma_next, z)
             z_next = z + float(sigma_next - sigma) * solver(field(z, s_next, COND), z, x0, s, s_next, COND)
-            k = steps - 1 - i
+            k = steps - 1 - i  # inversion step k from sampling index i: 0 is the first step up from x0
             z = (1 - blend) * z_next + blend * z if 0.05 * steps < k < 0.4 * steps else z_next
         res = invert_deepinv(field, x0, sigmas, COND, solver=solver, blend=blend)
         torch.testing.assert_close(res.z_T, z)

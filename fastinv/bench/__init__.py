@@ -1,4 +1,4 @@
-"""`fastinv bench`: every inversion method × engine × step count on the same images, in one run.
+"""`fastinv bench`: every inversion method × backend × step count on the same images, in one run.
 
 Per combination: warm time per image (median and spread over repeats, after warm-up; CUDA events on GPU),
 NFE, peak memory (RSS on CPU, max allocated on CUDA) and reconstruction PSNR / SSIM / LPIPS / MSE; then the

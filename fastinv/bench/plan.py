@@ -1,4 +1,4 @@
-"""What `fastinv bench` runs: methods × engines × step counts on a set of images, checked before any work."""
+"""What `fastinv bench` runs: methods × backends × step counts on a set of images, checked before any work."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
+from fastinv.images import IMAGE_SUFFIXES, image_files
 from fastinv.methods import METHODS, get_method, method_options
 from fastinv.runtime.backends import BACKENDS, folder_backends, get_backend, spelled
-from fastinv.runtime.engines import onnx_file
+from fastinv.runtime.graph import onnx_file
 from fastinv.training.photos import HELD_OUT, load_photo
 
 SKIMAGE = "skimage"
@@ -38,17 +38,17 @@ class BenchImage:
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """A validated benchmark: every method × engine × step count on every image.
+    """A validated benchmark: every method × backend × step count on every image.
 
-    device / precision are resolved ("cpu", "fp32"); engine_dir is the folder the ort / trt engines read
-    (None: bench exports the ort graphs into out/engines first); fast: the torch engine's fast path
+    device / precision are resolved ("cpu", "fp32"); export_dir is the folder the ort / trt backends read
+    (None: bench exports the ort graphs into out/exports first); fast: the torch backend's fast path
     (None: on for CUDA).
     """
 
     model: Path | None
     solver: Path | None
     methods: tuple[str, ...]
-    engines: tuple[str, ...]
+    backends: tuple[str, ...]
     steps: tuple[int, ...]
     images: tuple[BenchImage, ...]
     image_source: str
@@ -56,26 +56,26 @@ class BenchPlan:
     warmup: int
     device: str
     precision: str
-    engine_dir: Path | None
+    export_dir: Path | None
     out: Path
     timing_only: bool
     fast: bool | None
 
     @property
-    def export_dir(self) -> Path:
-        """Where the ort graphs are exported when no engine_dir is given."""
-        return self.out / "engines"
+    def default_export_dir(self) -> Path:
+        """Where the ort graphs are exported when no export_dir is given."""
+        return self.out / "exports"
 
     def command(self) -> str:
         """The `fastinv bench` command line that repeats this plan, every option spelled out."""
         args = ["fastinv", "bench"]
         args += ["--model", str(self.model)] if self.model else []
         args += ["--solver", str(self.solver)] if self.solver else []
-        args += ["--methods", ",".join(self.methods), "--engines", ",".join(self.engines)]
+        args += ["--methods", ",".join(self.methods), "--backends", ",".join(self.backends)]
         args += ["--steps", ",".join(map(str, self.steps)), "--images", self.image_source]
         args += ["--max-images", str(len(self.images)), "--repeats", str(self.repeats)]
         args += ["--warmup", str(self.warmup), "--device", self.device, "--dtype", self.precision]
-        args += ["--engine-dir", str(self.engine_dir)] if self.engine_dir else []
+        args += ["--export-dir", str(self.export_dir)] if self.export_dir else []
         args += ["--out", str(self.out)]
         args += ["--timing-only"] if self.timing_only else []
         args += [] if self.fast is None else ["--fast" if self.fast else "--no-fast"]
@@ -87,7 +87,7 @@ class BenchPlan:
             "solver": str(self.solver) if self.solver else None,
             "methods": list(self.methods),
             "method_options": {name: method_options(name) for name in self.methods},  # the defaults
-            "engines": list(self.engines),
+            "backends": list(self.backends),
             "steps": list(self.steps),
             "images": self.image_source,
             "image_names": [image.name for image in self.images],
@@ -97,7 +97,7 @@ class BenchPlan:
             "warmup": self.warmup,
             "device": self.device,
             "dtype": self.precision,
-            "engine_dir": str(self.engine_dir) if self.engine_dir else None,
+            "export_dir": str(self.export_dir) if self.export_dir else None,
             "timing_only": self.timing_only,
             "fast": self.fast,
         }
@@ -143,58 +143,56 @@ def list_images(source: str, max_images: int | None = None) -> tuple[BenchImage,
         folder = Path(source)
         if not folder.is_dir():
             raise FastinvError(f"image folder not found: {folder} (give a folder of images, or 'skimage')")
-        suffixes = set(Image.registered_extensions())
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        files = [p for p in image_files(folder) if p.is_file()]
         if not files:
-            raise FastinvError(
-                f"no image files in {folder} (looked for {', '.join(sorted(suffixes)[:6])}, …)"
-            )
+            raise FastinvError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         images = tuple(BenchImage(p.name, p) for p in files)
     return images[:max_images]
 
 
-def _require_exporter(engine: str) -> None:
+def _require_exporter(backend: str) -> None:
     """onnxscript, which the ONNX exporter (torch.onnx dynamo=True) runs on, or one line."""
     try:
         importlib.import_module("onnxscript")
     except Exception as err:  # ImportError, or a broken install failing on its native libraries
         raise FastinvError(
-            f"the {engine} engine needs onnxscript ({type(err).__name__} on import): pip install -e '.[onnx]'"
+            f"the {backend} backend needs onnxscript ({type(err).__name__} on import): "
+            "pip install -e '.[onnx]'"
         ) from err
 
 
-def parse_engines(text: str, device: str, precision: str, engine_dir: Path | None) -> tuple[str, ...]:
+def parse_backends(text: str, device: str, precision: str, export_dir: Path | None) -> tuple[str, ...]:
     """A comma-separated list of backends (`fastinv.runtime.backends.BACKENDS`), each checked to run here:
-    its package imports; one that bench exports for (ort) needs onnxscript when engine_dir is None; a
+    its package imports; one that bench exports for (ort) needs onnxscript when export_dir is None; a
     CUDA-only one (trt) needs a CUDA device; one that reads a folder bench cannot export (trt) needs an
-    engine_dir that `fastinv export --format trt` wrote."""
-    engines = _names(text, "--engines")
-    for engine in engines:
-        get_backend(engine)
-    chosen = [backend for name, backend in BACKENDS.items() if name in engines]  # checked in table order
-    if engine_dir is not None:
+    export_dir that `fastinv export --format trt` wrote."""
+    names = _names(text, "--backends")
+    for name in names:
+        get_backend(name)
+    chosen = [backend for name, backend in BACKENDS.items() if name in names]  # checked in table order
+    if export_dir is not None:
         if not any(backend.folder for backend in chosen):
             raise FastinvError(
-                f"--engine-dir is for the {spelled(folder_backends())} engines; add one to --engines"
+                f"--export-dir is for the {spelled(folder_backends())} backends; add one to --backends"
             )
-        if not engine_dir.is_dir():
-            raise FastinvError(f"engine folder not found: {engine_dir}")
-        onnx_file(engine_dir, "velocity", precision)
+        if not export_dir.is_dir():
+            raise FastinvError(f"export folder not found: {export_dir}")
+        onnx_file(export_dir, "velocity", precision)
     exported = [name for name, backend in BACKENDS.items() if backend.bench_exports]
     for backend in chosen:
         backend.require()
-        if backend.bench_exports and engine_dir is None:
+        if backend.bench_exports and export_dir is None:
             _require_exporter(backend.name)
         if backend.cuda_only and not device.startswith("cuda"):
             raise FastinvError(
-                f"the {backend.name} engine runs on a CUDA device, not {device}: pass --device cuda"
+                f"the {backend.name} backend runs on a CUDA device, not {device}: pass --device cuda"
             )
-        if backend.folder and not backend.bench_exports and engine_dir is None:
+        if backend.folder and not backend.bench_exports and export_dir is None:
             raise FastinvError(
-                f"the {backend.name} engine needs --engine-dir: a folder `fastinv export --format "
+                f"the {backend.name} backend needs --export-dir: a folder `fastinv export --format "
                 f"{backend.name}` wrote (bench exports ONNX graphs for {spelled(exported, 'or')} only)"
             )
-    return tuple(engines)
+    return tuple(names)
 
 
 def make_plan(
@@ -202,7 +200,7 @@ def make_plan(
     model: Path | None = None,
     solver: Path | None = None,
     methods: str = "all",
-    engines: str = "torch",
+    backends: str = "torch",
     steps: str = "10,25,50",
     images: str = SKIMAGE,
     max_images: int | None = None,
@@ -210,7 +208,7 @@ def make_plan(
     warmup: int = 1,
     device: str = "auto",
     dtype: str = "auto",
-    engine_dir: Path | None = None,
+    export_dir: Path | None = None,
     out: Path = Path("fastinv-bench"),
     timing_only: bool = False,
     fast: bool | None = None,
@@ -230,7 +228,7 @@ def make_plan(
         model=model,
         solver=solver,
         methods=parse_methods(methods),
-        engines=parse_engines(engines, str(torch_device), precision, engine_dir),
+        backends=parse_backends(backends, str(torch_device), precision, export_dir),
         steps=parse_steps(steps),
         images=list_images(images, max_images),
         image_source=images,
@@ -238,7 +236,7 @@ def make_plan(
         warmup=warmup,
         device=str(torch_device),
         precision=precision,
-        engine_dir=engine_dir,
+        export_dir=export_dir,
         out=out,
         timing_only=timing_only,
         fast=fast,

@@ -66,7 +66,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def build_record(plan: BenchPlan, result: BenchResult) -> dict[str, Any]:
-    """The bench.json record: command, UTC date, config, hardware, versions, per-engine fast path, notes on
+    """The bench.json record: command, UTC date, config, hardware, versions, per-backend fast path, notes on
     timing / memory / fidelity, aggregates, per-image rows, skipped combinations and the summary ratios."""
     aggregates = aggregate(result.rows)
     device = torch.device(plan.device)
@@ -76,7 +76,7 @@ def build_record(plan: BenchPlan, result: BenchResult) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": plan.to_json(),
         **environment(device),
-        "engines": result.engines,
+        "backends": result.backends,
         "timing": (
             f"inversion only (InversionResult.seconds, {timer}), after {plan.warmup} warm-up "
             f"inversion(s) per method × steps; s/image is the median, spread {SPREAD}"
@@ -109,11 +109,11 @@ def _seconds(row: Row) -> str:
 
 
 def results_table(aggregates: list[Row]) -> TextTable:
-    """method, engine, steps, NFE, solver calls, denoiser-equivalent cost, s/image median (spread), peak MiB,
+    """method, backend, steps, NFE, solver calls, denoiser-equivalent cost, s/image median (spread), peak MiB,
     PSNR dB, SSIM, LPIPS per aggregate."""
     columns = (
         "method",
-        "engine",
+        "backend",
         "steps",
         "NFE",
         "solver calls",
@@ -127,7 +127,7 @@ def results_table(aggregates: list[Row]) -> TextTable:
     rows = [
         (
             row["method"],
-            row["engine"],
+            row["backend"],
             str(row["steps"]),
             _nfe(row["nfe"]),
             _nfe(row.get("solver_calls", 0)),
@@ -141,7 +141,7 @@ def results_table(aggregates: list[Row]) -> TextTable:
         for row in aggregates
     ]
     return TextTable(
-        "Per method × engine × steps (mean over images; cost = NFE + solver calls × solver/denoiser FLOPs)",
+        "Per method × backend × steps (mean over images; cost = NFE + solver calls × solver/denoiser FLOPs)",
         columns,
         rows,
         "llrrrrrrrrr",
@@ -149,23 +149,23 @@ def results_table(aggregates: list[Row]) -> TextTable:
 
 
 def skipped_table(skipped: list[Row]) -> TextTable:
-    """One row per engine × method that could not run, with its step counts and reason."""
+    """One row per backend × method that could not run, with its step counts and reason."""
     merged: dict[tuple[str, str, str], list[str]] = {}
     for row in skipped:
-        merged.setdefault((row["engine"], row["method"], row["reason"]), []).append(str(row["steps"]))
-    rows = [(engine, method, ",".join(steps), reason) for (engine, method, reason), steps in merged.items()]
-    return TextTable("Skipped", ("engine", "method", "steps", "reason"), rows, "llrl")
+        merged.setdefault((row["backend"], row["method"], row["reason"]), []).append(str(row["steps"]))
+    rows = [(backend, method, ",".join(steps), reason) for (backend, method, reason), steps in merged.items()]
+    return TextTable("Skipped", ("backend", "method", "steps", "reason"), rows, "llrl")
 
 
 def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
-    """The time ratios, then DeepInv − baseline at equal steps and at equal time, over all engines."""
+    """The time ratios, then DeepInv − baseline at equal steps and at equal time, over all backends."""
     times, steps_rows, time_rows, cost_rows = [], [], [], []
-    for engine, parts in summary.items():
+    for backend, parts in summary.items():
         for r in parts["time_ratios"]:
-            times.append((engine, r["ratio"], str(r["steps"]), f"{r['value']:.2f}×"))
+            times.append((backend, r["ratio"], str(r["steps"]), f"{r['value']:.2f}×"))
         for r in parts.get("equal_steps", []):
             diffs = (_fmt(r["psnr"], sign=True), _fmt(r["ssim"], 4, True), _fmt(r["lpips"], 4, True))
-            steps_rows.append((engine, r["baseline"], str(r["steps"]), *diffs))
+            steps_rows.append((backend, r["baseline"], str(r["steps"]), *diffs))
         for r in parts.get("equal_time", []):
             diffs = (
                 _fmt(r["baseline_psnr"]),
@@ -173,14 +173,14 @@ def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
                 _fmt(r["ssim"], 4, True),
                 _fmt(r["lpips"], 4, True),
             )
-            time_rows.append((engine, r["baseline"], str(r["steps"]), f"{r['seconds']:.3g}", *diffs))
+            time_rows.append((backend, r["baseline"], str(r["steps"]), f"{r['seconds']:.3g}", *diffs))
         for r in parts.get("equal_cost", []):
             baseline = (
                 "none as cheap" if r["baseline"] is None else f"{r['baseline']} @ {r['baseline_steps']}"
             )
             cost_rows.append(
                 (
-                    engine,
+                    backend,
                     str(r["steps"]),
                     _fmt(r["cost"], 1),
                     _fmt(r["psnr"]),
@@ -193,25 +193,25 @@ def ratio_tables(summary: dict[str, dict[str, list[Row]]]) -> list[TextTable]:
     deltas = ("ΔPSNR dB", "ΔSSIM", "ΔLPIPS")
     return [
         TextTable(
-            "Time ratios (median s/image, equal steps)", ("engine", "ratio", "steps", "value"), times, "llrr"
+            "Time ratios (median s/image, equal steps)", ("backend", "ratio", "steps", "value"), times, "llrr"
         ),
         TextTable(
             "DeepInv − baseline at equal steps (ΔLPIPS < 0: DeepInv better)",
-            ("engine", "baseline", "steps", *deltas),
+            ("backend", "baseline", "steps", *deltas),
             steps_rows,
             "llrrrr",
         ),
         TextTable(
             "DeepInv − baseline at equal time (baseline interpolated in log time at DeepInv's s/image; "
             "n/a: outside the baseline's measured time range, never extrapolated)",
-            ("engine", "baseline", "deepinv steps", "s/image", "baseline PSNR dB", *deltas),
+            ("backend", "baseline", "deepinv steps", "s/image", "baseline PSNR dB", *deltas),
             time_rows,
             "llrrrrrr",
         ),
         TextTable(
             "DeepInv against the best training-free run (any method and steps of this bench) costing no more",
             (
-                "engine",
+                "backend",
                 "deepinv steps",
                 "cost",
                 "PSNR dB",
@@ -236,7 +236,7 @@ def markdown(record: dict[str, Any]) -> str:
     """bench.md: the command, setting and notes, then every table of `report_tables`."""
     config, hardware = record["config"], record["hardware"]
     where = hardware["gpu"] or f"CPU, {hardware['torch_threads']} torch threads"
-    fast = "; ".join(f"{engine}: {info['fast_path']}" for engine, info in record["engines"].items())
+    fast = "; ".join(f"{backend}: {info['fast_path']}" for backend, info in record["backends"].items())
     lines = [
         "# fastinv bench",
         "",
@@ -283,29 +283,29 @@ def plot(
     logy: bool = False,
     front: list[tuple[float, float]] | None = None,
 ) -> Path:
-    """A PNG of aggregate key `y` against key `x`: one line per method × engine through its step counts
-    (colour: method, marker: engine), each point labelled with its steps; missing or infinite values left
+    """A PNG of aggregate key `y` against key `x`: one line per method × backend through its step counts
+    (colour: method, marker: backend), each point labelled with its steps; missing or infinite values left
     out; `front` (x, y) points ringed and joined as a dashed staircase (the Pareto front). Saved
     atomically."""
     fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
     methods = list(dict.fromkeys(row["method"] for row in aggregates))
-    engines = list(dict.fromkeys(row["engine"] for row in aggregates))
+    backends = list(dict.fromkeys(row["backend"] for row in aggregates))
     colors = {method: f"C{i % 10}" for i, method in enumerate(methods)}
     for method in methods:
-        for engine in engines:
+        for backend in backends:
             points = sorted(
                 (row["steps"], row[x], row[y])
                 for row in aggregates
                 if row["method"] == method
-                and row["engine"] == engine
+                and row["backend"] == backend
                 and row[y] is not None
                 and math.isfinite(row[y])
             )
             if not points:
                 continue
             xs, ys = [p[1] for p in points], [p[2] for p in points]
-            ax.plot(xs, ys, color=colors[method], marker=BACKENDS[engine].marker, linewidth=1, markersize=6)
+            ax.plot(xs, ys, color=colors[method], marker=BACKENDS[backend].marker, linewidth=1, markersize=6)
             for steps, px, py in points:
                 ax.annotate(str(steps), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if front:
@@ -324,11 +324,11 @@ def plot(
     method_keys = [Line2D([], [], color=colors[m], label=m) for m in methods]
     if front:
         method_keys.append(Line2D([], [], color="black", linestyle="--", label="Pareto front"))
-    engine_keys = [
-        Line2D([], [], color="grey", marker=BACKENDS[e].marker, linestyle="none", label=e) for e in engines
+    backend_keys = [
+        Line2D([], [], color="grey", marker=BACKENDS[e].marker, linestyle="none", label=e) for e in backends
     ]
     ax.add_artist(ax.legend(handles=method_keys, title="method", loc="upper left", fontsize=8))
-    ax.legend(handles=engine_keys, title="engine", loc="lower right", fontsize=8)
+    ax.legend(handles=backend_keys, title="backend", loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -337,7 +337,7 @@ def plot(
 
 def write_report(record: dict[str, Any], out: Path) -> list[Path]:
     """bench.json, bench.md and the plots (fidelity_vs_time.png, fidelity_vs_steps.png and
-    fidelity_vs_cost.png with the torch engine's Pareto front; for a timing-only run time_vs_steps.png
+    fidelity_vs_cost.png with the torch backend's Pareto front; for a timing-only run time_vs_steps.png
     instead) in `out`, each written atomically; their paths."""
     paths = [save_json(record, out / "bench.json")]
     with atomic_write(out / "bench.md") as tmp:
@@ -378,11 +378,11 @@ def write_report(record: dict[str, Any], out: Path) -> list[Path]:
                 ylabel="reconstruction PSNR dB",
             )
         )
-        engine = next(iter(record["summary"]), None)
-        front = [(r["cost"], r["psnr"]) for r in record["summary"].get(engine, {}).get("pareto", [])]
+        backend = next(iter(record["summary"]), None)
+        front = [(r["cost"], r["psnr"]) for r in record["summary"].get(backend, {}).get("pareto", [])]
         paths.append(
             plot(
-                [row for row in aggregates if row["engine"] == engine],
+                [row for row in aggregates if row["backend"] == backend],
                 "cost",
                 "psnr",
                 out / "fidelity_vs_cost.png",

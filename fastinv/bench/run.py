@@ -1,4 +1,4 @@
-"""Running a BenchPlan: per engine, load the model once, then time every steps × method on every image."""
+"""Running a BenchPlan: per backend, load the model once, then time every steps × method on every image."""
 
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ from fastinv.runtime.backends import BACKENDS, get_backend, spelled
 
 @dataclass
 class BenchResult:
-    """rows: one per (engine, method, steps, image) that ran; skipped: {"engine", "method", "steps",
-    "reason"} per combination that could not run; engines: per engine, {"engine_dir", "fast_path"}."""
+    """rows: one per (backend, method, steps, image) that ran; skipped: {"backend", "method", "steps",
+    "reason"} per combination that could not run; backends: per backend, {"export_dir", "fast_path"}."""
 
     rows: list[Row] = field(default_factory=list)
     skipped: list[Row] = field(default_factory=list)
-    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def export_graphs(plan: BenchPlan, folder: Path) -> list[Path]:
@@ -98,7 +98,7 @@ def measure_image(
 
 def measure_combination(
     inverter: Inverter,
-    engine: str,
+    backend: str,
     pictures: dict[str, LoadedImage],
     method: str,
     steps: int,
@@ -108,7 +108,7 @@ def measure_combination(
     ratios: dict[tuple[int, ...], float],
 ) -> list[Row]:
     """plan.warmup untimed inversions of the first image, then `measure_image` of each image."""
-    unit = f"{engine} · {method} · {steps} steps"
+    unit = f"{backend} · {method} · {steps} steps"
     first = next(iter(pictures.values()))
     for _ in range(plan.warmup):
         progress.update(task, description=f"{unit} · warm-up")
@@ -118,98 +118,99 @@ def measure_combination(
         progress.update(task, description=f"{unit} · {name}")
         row = measure_image(inverter, picture, method, steps, plan.repeats, not plan.timing_only, ratios)
         size = [picture.pixels.shape[-1], picture.pixels.shape[-2]]
-        rows.append({"engine": engine, "method": method, "steps": steps, "image": name, "size": size, **row})
+        key = {"backend": backend, "method": method, "steps": steps, "image": name, "size": size}
+        rows.append(key | row)
         progress.advance(task)
     return rows
 
 
-def _load(plan: BenchPlan, engine: str, engine_dir: Path | None) -> Inverter:
+def _load(plan: BenchPlan, backend: str, export_dir: Path | None) -> Inverter:
     return load(
         plan.model,
         device=plan.device,
         dtype=plan.precision,
         solver=plan.solver,
-        engine=engine,
-        engine_dir=engine_dir if get_backend(engine).folder else None,
+        backend=backend,
+        export_dir=export_dir if get_backend(backend).folder else None,
         fast=plan.fast,
     )
 
 
 def _exporting(plan: BenchPlan) -> list[str]:
-    """The plan's engines whose graphs bench exports itself (ort) when no engine_dir is given."""
-    return [name for name in plan.engines if BACKENDS[name].bench_exports]
+    """The plan's backends whose graphs bench exports itself (ort) when no export_dir is given."""
+    return [name for name in plan.backends if BACKENDS[name].bench_exports]
 
 
 def _export(plan: BenchPlan, console: Console) -> Path:
-    """`export_graphs` to plan.export_dir with a status line, then one line naming what it wrote."""
-    engines = spelled(_exporting(plan))
+    """`export_graphs` to plan.default_export_dir with a status line, then one line naming what it wrote."""
+    folder, backends = plan.default_export_dir, spelled(_exporting(plan))
     with console.status(
-        f"exporting the ONNX graphs ({plan.precision}) for the {engines} engine to {plan.export_dir}"
+        f"exporting the ONNX graphs ({plan.precision}) for the {backends} backend to {folder}"
     ):
         start = time.perf_counter()
-        paths = export_graphs(plan, plan.export_dir)
+        paths = export_graphs(plan, folder)
     names = ", ".join(path.name for path in paths)
     seconds = time.perf_counter() - start
-    console.print(f"exported {names} to {plan.export_dir} in {seconds:.1f} s", markup=False, soft_wrap=True)
-    return plan.export_dir
+    console.print(f"exported {names} to {folder} in {seconds:.1f} s", markup=False, soft_wrap=True)
+    return folder
 
 
-def _skipped(engine: str, method: str, steps: int, err: Exception | str) -> Row:
+def _skipped(backend: str, method: str, steps: int, err: Exception | str) -> Row:
     reason = str(err).splitlines()[0]
     if isinstance(err, torch.OutOfMemoryError):
         reason = f"out of memory: {reason}"
-    return {"engine": engine, "method": method, "steps": steps, "reason": reason}
+    return {"backend": backend, "method": method, "steps": steps, "reason": reason}
 
 
 def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
-    """Every engine × steps × method × image of `plan`, with a rich progress bar on `console`.
+    """Every backend × steps × method × image of `plan`, with a rich progress bar on `console`.
 
-    With an engine bench exports for (ort) and no plan.engine_dir, the graphs are exported to
-    plan.export_dir first. A method the engine cannot run (`Backend.refusal`: preciseinv's gradients on a
-    graph engine) is recorded in `skipped` without running; so is, with the error's first line, a
-    combination that raises a FastinvError (deepinv without a solver) or runs out of GPU memory, and every
-    combination of an engine that fails to load; the others still run.
+    With a backend bench exports for (ort) and no plan.export_dir, the graphs are exported to
+    plan.default_export_dir first. A method the backend cannot run (`Backend.refusal`: preciseinv's
+    gradients on a graph backend) is recorded in `skipped` without running; so is, with the error's first
+    line, a combination that raises a FastinvError (deepinv without a solver) or runs out of GPU memory,
+    and every combination of a backend that fails to load; the others still run.
     """
     result = BenchResult()
-    engine_dir = plan.engine_dir
-    if engine_dir is None and _exporting(plan):
-        engine_dir = _export(plan, console)
-    total = len(plan.engines) * len(plan.steps) * len(plan.methods) * len(plan.images)
+    export_dir = plan.export_dir
+    if export_dir is None and _exporting(plan):
+        export_dir = _export(plan, console)
+    total = len(plan.backends) * len(plan.steps) * len(plan.methods) * len(plan.images)
     with progress_bar(console) as progress:
         task = progress.add_task("loading", total=total)
         done = 0
-        for engine in plan.engines:
+        for backend in plan.backends:
             progress.update(
-                task, description=f"{engine} · loading {plan.model or 'the shipped default model'}"
+                task, description=f"{backend} · loading {plan.model or 'the shipped default model'}"
             )
             try:
-                inverter = _load(plan, engine, engine_dir)
-            except FastinvError as err:  # e.g. graphs exported from another model: the other engines run
-                result.skipped += [_skipped(engine, m, n, err) for n in plan.steps for m in plan.methods]
+                inverter = _load(plan, backend, export_dir)
+            except FastinvError as err:  # e.g. graphs exported from another model: the other backends run
+                result.skipped += [_skipped(backend, m, n, err) for n in plan.steps for m in plan.methods]
                 done += len(plan.steps) * len(plan.methods) * len(plan.images)
                 progress.update(task, completed=done)
                 continue
             pictures = {image.name: inverter.prepare_image(image.load()) for image in plan.images}
-            result.engines[engine] = {
-                "engine_dir": None if inverter.engine_dir is None else str(inverter.engine_dir),
+            result.backends[backend] = {
+                "export_dir": None if inverter.export_dir is None else str(inverter.export_dir),
                 "fast_path": inverter.config.describe(),
             }
             ratios: dict[tuple[int, ...], float] = {}
             for steps in plan.steps:
                 for method in plan.methods:
-                    refusal = BACKENDS[engine].refusal(method)  # up front: nothing runs
+                    refusal = BACKENDS[backend].refusal(method)  # up front: nothing runs
                     if refusal is not None:
-                        result.skipped.append(_skipped(engine, method, steps, refusal))
+                        result.skipped.append(_skipped(backend, method, steps, refusal))
                     else:
                         try:
                             result.rows += measure_combination(
-                                inverter, engine, pictures, method, steps, plan, progress, task, ratios
+                                inverter, backend, pictures, method, steps, plan, progress, task, ratios
                             )
                         except (FastinvError, torch.OutOfMemoryError) as err:
-                            result.skipped.append(_skipped(engine, method, steps, err))
+                            result.skipped.append(_skipped(backend, method, steps, err))
                     done += len(pictures)
                     progress.update(task, completed=done)
-            del inverter, pictures  # one engine's model in memory at a time
+            del inverter, pictures  # one backend's model in memory at a time
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -1,6 +1,6 @@
-"""From per-image rows to per-(engine, method, steps) aggregates, and the ratios the benchmark exists for.
+"""From per-image rows to per-(backend, method, steps) aggregates, and the ratios the benchmark exists for.
 
-Per engine: DeepInv time ÷ Euler time and ReNoise time ÷ DeepInv time at each step count; DeepInv minus
+Per backend: DeepInv time ÷ Euler time and ReNoise time ÷ DeepInv time at each step count; DeepInv minus
 each baseline in PSNR / SSIM / LPIPS at equal steps, and at equal time (the baseline's metrics interpolated,
 linear in log time, at DeepInv's time per image; never extrapolated); at equal cost, DeepInv against the
 best training-free run of no more denoiser-equivalent cost (`fastinv.bench.cost`), any method and steps;
@@ -34,23 +34,23 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def aggregate(rows: list[Row]) -> list[Row]:
-    """One row per (engine, method, steps) of the per-image rows, in order of first appearance.
+    """One row per (backend, method, steps) of the per-image rows, in order of first appearance.
 
     seconds_median: median s/image over every timed inversion; seconds_p20 / seconds_p80: the SPREAD;
     nfe: per image (a mean where it varies by image); peak_mib: the highest of any image; metrics: means.
     """
     groups: dict[tuple[str, str, int], list[Row]] = {}
     for row in rows:
-        groups.setdefault((row["engine"], row["method"], row["steps"]), []).append(row)
+        groups.setdefault((row["backend"], row["method"], row["steps"]), []).append(row)
     aggregates = []
-    for (engine, method, steps), group in groups.items():
+    for (backend, method, steps), group in groups.items():
         seconds = [s for row in group for s in row["seconds"]]
         p20, p80 = np.percentile(seconds, [20, 80])
         nfes = [row["nfe"] for row in group]
         costs = [row.get("cost", row["nfe"]) for row in group]
         aggregates.append(
             {
-                "engine": engine,
+                "backend": backend,
                 "method": method,
                 "steps": steps,
                 "images": len(group),
@@ -67,10 +67,10 @@ def aggregate(rows: list[Row]) -> list[Row]:
     return aggregates
 
 
-def _by_method(aggregates: list[Row], engine: str) -> dict[str, dict[int, Row]]:
+def _by_method(aggregates: list[Row], backend: str) -> dict[str, dict[int, Row]]:
     table: dict[str, dict[int, Row]] = {}
     for row in aggregates:
-        if row["engine"] == engine:
+        if row["backend"] == backend:
             table.setdefault(row["method"], {})[row["steps"]] = row
     return table
 
@@ -79,9 +79,9 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def time_ratios(aggregates: list[Row], engine: str) -> list[Row]:
+def time_ratios(aggregates: list[Row], backend: str) -> list[Row]:
     """[{"ratio": "deepinv ÷ euler", "steps", "value"}, …]: median s/image ratios at equal steps."""
-    table = _by_method(aggregates, engine)
+    table = _by_method(aggregates, backend)
     ratios = []
     for top, bottom in TIME_RATIOS:
         for steps in sorted(set(table.get(top, {})) & set(table.get(bottom, {}))):
@@ -90,9 +90,9 @@ def time_ratios(aggregates: list[Row], engine: str) -> list[Row]:
     return ratios
 
 
-def equal_steps(aggregates: list[Row], engine: str) -> list[Row]:
+def equal_steps(aggregates: list[Row], backend: str) -> list[Row]:
     """[{"baseline", "steps", "psnr", "ssim", "lpips"}, …]: DeepInv minus the baseline at the same steps."""
-    table = _by_method(aggregates, engine)
+    table = _by_method(aggregates, backend)
     ours = table.get("deepinv", {})
     rows = []
     for baseline, theirs in table.items():
@@ -116,11 +116,11 @@ def interpolate_log_time(points: list[tuple[float, float | None]], seconds: floa
     return float(np.interp(math.log(seconds), [math.log(t) for t in times], [m for _, m in known]))
 
 
-def equal_time(aggregates: list[Row], engine: str) -> list[Row]:
+def equal_time(aggregates: list[Row], backend: str) -> list[Row]:
     """DeepInv minus each baseline at equal time: per baseline and DeepInv step count, {"baseline", "steps",
     "seconds" (DeepInv's median s/image), "baseline_<metric>" (interpolated) and "<metric>" (the
     difference) for PSNR / SSIM / LPIPS, "note": None or OUTSIDE}."""
-    table = _by_method(aggregates, engine)
+    table = _by_method(aggregates, backend)
     rows = []
     for baseline, theirs in table.items():
         if baseline == "deepinv":
@@ -143,11 +143,11 @@ TRAINED = ("deepinv",)
 """Methods that need a trained network; every other registered method is training-free."""
 
 
-def equal_cost(aggregates: list[Row], engine: str) -> list[Row]:
+def equal_cost(aggregates: list[Row], backend: str) -> list[Row]:
     """Per DeepInv step count: {"steps", "cost", "psnr", "baseline", "baseline_steps", "baseline_cost",
     "baseline_psnr", "margin"}: the training-free run (any method, any steps) of the highest PSNR among
     those costing no more than DeepInv, and DeepInv's PSNR minus its; baseline None when none is as cheap."""
-    rows = [r for r in aggregates if r["engine"] == engine and r.get("psnr") is not None]
+    rows = [r for r in aggregates if r["backend"] == backend and r.get("psnr") is not None]
     free = [r for r in rows if r["method"] not in TRAINED]
     out = []
     for ours in sorted((r for r in rows if r["method"] == "deepinv"), key=lambda r: r["steps"]):
@@ -168,25 +168,25 @@ def equal_cost(aggregates: list[Row], engine: str) -> list[Row]:
     return out
 
 
-def pareto(aggregates: list[Row], engine: str) -> list[Row]:
+def pareto(aggregates: list[Row], backend: str) -> list[Row]:
     """The (method, steps, cost, psnr) rows on the Pareto front of PSNR against cost, ascending cost."""
-    rows = [r for r in aggregates if r["engine"] == engine and r.get("psnr") is not None]
+    rows = [r for r in aggregates if r["backend"] == backend and r.get("psnr") is not None]
     front = pareto_front([(r["cost"], r["psnr"]) for r in rows])
     return [{key: rows[i][key] for key in ("method", "steps", "cost", "psnr")} for i in front]
 
 
 def summarize(aggregates: list[Row], *, fidelity: bool = True) -> dict[str, dict[str, list[Row]]]:
-    """Per engine: {"time_ratios", "equal_steps", "equal_time", "equal_cost", "pareto"} (see the functions
+    """Per backend: {"time_ratios", "equal_steps", "equal_time", "equal_cost", "pareto"} (see the functions
     of those names); the fidelity comparisons are left out when `fidelity` is False (a timing-only run)."""
-    engines = dict.fromkeys(row["engine"] for row in aggregates)
+    backends = dict.fromkeys(row["backend"] for row in aggregates)
     summary = {}
-    for engine in engines:
-        summary[engine] = {"time_ratios": time_ratios(aggregates, engine)}
+    for backend in backends:
+        summary[backend] = {"time_ratios": time_ratios(aggregates, backend)}
         if fidelity:
-            summary[engine] |= {
-                "equal_steps": equal_steps(aggregates, engine),
-                "equal_time": equal_time(aggregates, engine),
-                "equal_cost": equal_cost(aggregates, engine),
-                "pareto": pareto(aggregates, engine),
+            summary[backend] |= {
+                "equal_steps": equal_steps(aggregates, backend),
+                "equal_time": equal_time(aggregates, backend),
+                "equal_cost": equal_cost(aggregates, backend),
+                "pareto": pareto(aggregates, backend),
             }
     return summary

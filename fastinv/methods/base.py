@@ -16,7 +16,9 @@ from fastinv.run_config import RunConfig
 from fastinv.runtime.fast_path import captured
 
 StepCallback = Callable[[dict[str, Any]], None]
-"""Called after each step with {"i", "sigma", "sigma_next", "z", "nfe"}: progress bars, trajectories."""
+"""Called after each step with {"i", "sigma", "sigma_next", "z", "nfe"}: progress bars, trajectories.
+An inversion step runs σ up (sigma < sigma_next); Euler sampling runs σ down and passes "sigma_lower"
+(< "sigma") in place of "sigma_next"."""
 
 
 @dataclass

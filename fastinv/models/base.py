@@ -95,10 +95,10 @@ class TransformerVelocity:
     Subclasses implement `predict(z, sigma, prompt_embeds, pooled_embeds, cond)` for a batch whose
     text tensors already match the batch size; `cfg_branches` does the CFG batching, the dtype round trip
     (float32 state, network dtype inside) and the fp16 overflow check, and `__call__` the blend.
-    `engine` names what runs `predict` (torch here; exported graphs: `fastinv.runtime.graph.GraphVelocity`).
+    `backend` names what runs `predict` (torch here; exported graphs: `fastinv.runtime.graph.GraphVelocity`).
     """
 
-    engine = "torch"
+    backend = "torch"
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         self.network = network

@@ -1,10 +1,10 @@
-"""Engines behind the VelocityModel / SolverModel calls: exported graphs run on torch tensors.
+"""Backends behind the VelocityModel / SolverModel calls: exported graphs run on torch tensors.
 
 `fastinv.runtime.ort` runs ONNX graphs written by `fastinv.export.onnx` in ONNX Runtime,
 `fastinv.runtime.tensorrt` TensorRT engines built by `fastinv.export.tensorrt`; both sit behind
-`fastinv.runtime.graph`'s shared VelocityModel / SolverModel wrappers, and `fastinv.runtime.engines` picks
-one by name. Every graph carries a `GraphSpec` (`fastinv.runtime.spec`) that each engine checks on load and
-on every call.
+`fastinv.runtime.graph`'s shared VelocityModel / SolverModel wrappers, and `fastinv.runtime.exports` loads
+an export folder's graphs by backend name (`fastinv.runtime.backends`). Every graph carries a `GraphSpec`
+(`fastinv.runtime.spec`) that each backend checks on load and on every call.
 """
 
 from fastinv.runtime.spec import Axis, GraphSpec, read_spec

@@ -1,8 +1,8 @@
-"""The backends ("engines") that run the denoiser and the DeepInv solver, as one table: `BACKENDS`.
+"""The backends that run the denoiser and the DeepInv solver, as one table: `BACKENDS`.
 
 Each `Backend` says what it needs (an export folder, a Python package, a CUDA GPU), whether gradients flow
 through it, how it loads the exported velocity and solver from a folder, and how `fastinv bench` plots it.
-The engine code (ONNX Runtime, TensorRT) is imported only when a backend loads something, so this module
+The runtime code (ONNX Runtime, TensorRT) is imported only when a backend loads something, so this module
 stays cheap to import (the CLI builds its help from it).
 """
 
@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Backend:
-    """One engine: name, what it needs and how it loads exported graphs (None for the torch engine).
+    """One backend: name, what it needs and how it loads exported graphs (None for the torch backend).
 
-    folder: reads the graphs `fastinv export` wrote (--engine-dir); bench_exports: `fastinv bench` exports
-    its graphs itself when no --engine-dir is given; package: the Python package it imports, `requires`
+    folder: reads the graphs `fastinv export` wrote (--export-dir); bench_exports: `fastinv bench` exports
+    its graphs itself when no --export-dir is given; package: the Python package it imports, `requires`
     imports it or raises one line saying what is missing; differentiable: gradients flow through the
     denoiser (methods in `fastinv.methods.NEEDS_GRADIENTS` need them); marker: its matplotlib marker.
     """
@@ -68,8 +68,8 @@ class Backend:
 
         if method in NEEDS_GRADIENTS and not self.differentiable:
             return (
-                f"method {method} needs gradients through the denoiser: the {self.name} engine has none "
-                "(not differentiable); use the torch engine"
+                f"method {method} needs gradients through the denoiser: the {self.name} backend has none "
+                "(not differentiable); use the torch backend"
             )
         return None
 
@@ -81,7 +81,7 @@ class Backend:
 
     def _loader(self, loader: Callable[..., Any] | None) -> Callable[..., Any]:
         if loader is None:
-            raise FastinvError(f"the {self.name} engine runs no exported graphs")
+            raise FastinvError(f"the {self.name} backend runs no exported graphs")
         return loader
 
     def load_velocity(self, folder: Path, model: FlowModel, precision: str) -> GraphVelocity:
@@ -205,14 +205,14 @@ BACKENDS: dict[str, Backend] = {
 
 
 def get_backend(name: str) -> Backend:
-    """The backend registered under `name` (--engine), or a one-line error listing them."""
+    """The backend registered under `name` (--backend), or a one-line error listing them."""
     if name not in BACKENDS:
-        raise FastinvError(f"unknown engine {name!r}: use {', '.join(BACKENDS)}")
+        raise FastinvError(f"unknown backend {name!r}: use {', '.join(BACKENDS)}")
     return BACKENDS[name]
 
 
 def folder_backends() -> list[str]:
-    """Names of the backends that read an export folder (--engine-dir), in table order."""
+    """Names of the backends that read an export folder (--export-dir), in table order."""
     return [name for name, backend in BACKENDS.items() if backend.folder]
 
 

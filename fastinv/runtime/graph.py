@@ -1,8 +1,8 @@
-"""What every engine backend shares: an exported graph behind the VelocityModel / SolverModel calls.
+"""What every graph backend shares: an exported graph behind the VelocityModel / SolverModel calls.
 
 A `Graph` (an ONNX Runtime session or a TensorRT engine) runs `{input name: tensor}` → its output tensor
 with float32 IO and knows its `GraphSpec`. `GraphVelocity` and `GraphSolver` put any such graph behind
-the calls the method code makes, so the methods never know which engine runs the network. Which engines
+the calls the method code makes, so the methods never know which backend runs the network. Which backends
 exist and how each loads a folder's graphs: `fastinv.runtime.backends`.
 """
 
@@ -39,7 +39,7 @@ def onnx_file(folder: Path, kind: str, precision: str) -> Path:
 
 
 class Graph(Protocol):
-    """An exported graph in some engine: float32 tensors by input name in, the float32 output out."""
+    """An exported graph in some backend: float32 tensors by input name in, the float32 output out."""
 
     path: Path
     spec: GraphSpec
@@ -50,9 +50,9 @@ class Graph(Protocol):
 
 class GraphVelocity:
     """A VelocityModel on an exported velocity graph: the torch adapters' CFG batching and blending
-    (`fastinv.models.base.cfg_branches`) around a `predict` that runs in the engine. Not differentiable."""
+    (`fastinv.models.base.cfg_branches`) around a `predict` that runs in the backend. Not differentiable."""
 
-    engine = "graph"
+    backend = "graph"
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
@@ -86,7 +86,7 @@ class GraphVelocity:
         """z: [B, C, H, W]; sigma: [B] σ (the graph makes the transformer's timestep) → v [B, C, H, W]."""
         if z.requires_grad:
             raise FastinvError(
-                f"the {self.engine} engine is not differentiable: use the torch engine for this method"
+                f"the {self.backend} backend is not differentiable: use the torch backend for this method"
             )
         inputs = {"latents": z, "sigma": sigma, "prompt_embeds": prompt_embeds}
         if pooled_embeds is not None:
@@ -115,7 +115,7 @@ class GraphSolver:
     the paper design the prompt (never the null branch) broadcast to the batch, for the warm-start design
     f_prev."""
 
-    engine = "graph"
+    backend = "graph"
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph

@@ -30,7 +30,7 @@ def onnxruntime_module() -> Any:
         import onnxruntime
     except Exception as err:  # ImportError, or a broken install failing on its native libraries
         raise FastinvError(
-            f"the ort engine needs onnxruntime ({type(err).__name__} on import): pip install 'fastinv[onnx]'"
+            f"the ort backend needs onnxruntime ({type(err).__name__} on import): pip install 'fastinv[onnx]'"
         ) from err
     return onnxruntime
 
@@ -45,7 +45,7 @@ def choose_providers(
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if device.type != "cuda":
-        raise FastinvError(f"the ort engine runs on cpu or cuda, not {device}")
+        raise FastinvError(f"the ort backend runs on cpu or cuda, not {device}")
     if "CUDAExecutionProvider" not in available:
         raise FastinvError(
             f"{device} asked for, but this onnxruntime has no CUDA provider (it has {', '.join(available)}): "
@@ -117,7 +117,7 @@ class OrtGraph:
 class OrtVelocity(GraphVelocity):
     """A VelocityModel on an exported velocity graph in ONNX Runtime (see `GraphVelocity`)."""
 
-    engine = "ort"
+    backend = "ort"
 
     @classmethod
     def load(
@@ -139,7 +139,7 @@ class OrtVelocity(GraphVelocity):
 class OrtSolver(GraphSolver):
     """A SolverModel on an exported DeepInv solver graph in ONNX Runtime (see `GraphSolver`)."""
 
-    engine = "ort"
+    backend = "ort"
 
     @classmethod
     def load(

@@ -1,6 +1,6 @@
 """What an exported graph takes and was built for, stored in its ONNX metadata_props and checked on load.
 
-Every engine (ONNX Runtime here, TensorRT next) reads the same `GraphSpec`: the input axes (static sizes
+Every graph backend (ONNX Runtime, TensorRT) reads the same `GraphSpec`: the input axes (static sizes
 and named dynamic ranges), the precision baked into the graph, the model family and config it was
 exported from, and the fastinv version that wrote it.
 """

@@ -1,7 +1,7 @@
 """Which weights an exported graph came from: a digest of the safetensors files of a model or solver folder.
 
 `fastinv export` records the digest of the folder it exported in the graph's spec (`GraphSpec.weights`);
-an engine refuses a graph whose digest differs from the folder it is asked to serve, so an engine folder
+a backend refuses a graph whose digest differs from the folder it is asked to serve, so an export folder
 exported from other weights with the same config is never used silently. Hashing a multi-GB transformer
 takes seconds, so digests are cached in $FASTINV_CACHE_DIR/weights-digests.json by file path, size and
 modification time (a changed file is hashed again).

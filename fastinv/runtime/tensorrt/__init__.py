@@ -1,4 +1,4 @@
-"""The TensorRT engine: running built engines (`engine`), the engine cache on disk (`cache`) and optimization
+"""The TensorRT backend: running built engines (`engine`), the engine cache on disk (`cache`) and optimization
 profiles (`profile`).
 
 `fastinv.runtime.tensorrt.engine` runs an engine built by `fastinv.export.tensorrt` behind the VelocityModel /

@@ -48,8 +48,8 @@ def tensorrt_module() -> Any:
         import tensorrt
     except Exception as err:  # ImportError, or the PyPI stub's errors when no NVIDIA libraries are found
         raise FastinvError(
-            "the trt engine needs NVIDIA TensorRT ≥ 10 and a CUDA GPU (pip install tensorrt); "
-            f"it is not usable here ({type(err).__name__}); the ort engine runs without it"
+            "the trt backend needs NVIDIA TensorRT ≥ 10 and a CUDA GPU (pip install tensorrt); "
+            f"it is not usable here ({type(err).__name__}); the ort backend runs without it"
         ) from err
     major = int(str(tensorrt.__version__).split(".")[0])
     if major < MIN_VERSION:
@@ -76,7 +76,7 @@ def device_facts(device: torch.device | str) -> tuple[str, str]:
     """("sm_90", "NVIDIA H100 …") for a CUDA device; one-line error for any other device."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise FastinvError(f"the trt engine runs on a CUDA GPU, not {device}")
+        raise FastinvError(f"the trt backend runs on a CUDA GPU, not {device}")
     major, minor = torch.cuda.get_device_capability(device)
     return f"sm_{major}{minor}", torch.cuda.get_device_name(device)
 
@@ -247,7 +247,7 @@ def _engine_file(path: str | Path, kind: str, precision: str | None, device: tor
 class TrtVelocity(GraphVelocity):
     """A VelocityModel on a TensorRT engine of an exported velocity graph (see `GraphVelocity`)."""
 
-    engine = "trt"
+    backend = "trt"
 
     @classmethod
     def load(
@@ -272,7 +272,7 @@ class TrtVelocity(GraphVelocity):
 class TrtSolver(GraphSolver):
     """A SolverModel on a TensorRT engine of an exported DeepInv solver graph (see `GraphSolver`)."""
 
-    engine = "trt"
+    backend = "trt"
 
     @classmethod
     def load(

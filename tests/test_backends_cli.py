@@ -1,9 +1,9 @@
-"""`fastinv export` and `fastinv invert --engine torch|ort|trt` end to end, and the API behind them.
+"""`fastinv export` and `fastinv invert --backend torch|ort|trt` end to end, and the API behind them.
 
 The exports (`fastinv export --check`) of the tiny SD3 with a tiny DeepInv solver and of the shipped model
 are the session's (conftest: tiny_sd3_export, shipped_export), shared with the other test modules.
-TensorRT is absent here: its CLI paths are checked for their one-line errors (the engine code itself runs
-against a fake tensorrt in test_export_trt.py).
+TensorRT is absent here: its CLI paths are checked for their one-line errors (the TensorRT backend itself
+runs against a fake tensorrt in test_export_trt.py).
 """
 
 from __future__ import annotations
@@ -68,12 +68,12 @@ def test_export_shipped_model_then_invert_ort_matches_torch(
     """The shipped model: export with --check (the session's export), then the same photo through `invert`
     on torch and on ORT (8 steps, CFG 2 → batch-2 calls): z_T and the metrics agree to the fp32 parity
     tolerance."""
-    engine_dir, stdout = shipped_export
+    export_dir, stdout = shipped_export
     print(stdout)
     assert "velocity.fp32.onnx [fp32] batch 1" in stdout and "ok" in stdout
     runs = {}
-    for engine in ("torch", "ort"):
-        out = tmp_path / engine
+    for backend in ("torch", "ort"):
+        out = tmp_path / backend
         args = [
             "invert",
             "--example",
@@ -86,46 +86,47 @@ def test_export_shipped_model_then_invert_ort_matches_torch(
             "--out",
             str(out),
         ]
-        extra = ["--engine", engine] + (["--engine-dir", str(engine_dir)] if engine == "ort" else [])
+        extra = ["--backend", backend] + (["--export-dir", str(export_dir)] if backend == "ort" else [])
         code, stdout, stderr = cli([*args, *extra])
         assert code == 0, stderr
         z_T, _ = load_latents(out / "coffee.zT.safetensors")
-        runs[engine] = (z_T, json.loads((out / "coffee.metrics.json").read_text()))
+        runs[backend] = (z_T, json.loads((out / "coffee.metrics.json").read_text()))
     (torch_z, torch_record), (ort_z, ort_record) = runs["torch"], runs["ort"]
     error = rel(ort_z, torch_z)
     print(f"shipped model, euler 8 steps, CFG 2: z_T max rel err ort vs torch {error:.2e}")
     print({k: (torch_record["metrics"][k], ort_record["metrics"][k]) for k in ("psnr", "ssim", "mse_latent")})
-    assert error <= FP32 and (torch_record["engine"], ort_record["engine"]) == ("torch", "ort")
+    assert error <= FP32 and (torch_record["backend"], ort_record["backend"]) == ("torch", "ort")
     assert abs(ort_record["metrics"]["psnr"] - torch_record["metrics"]["psnr"]) < 1e-3
     assert ort_record["nfe_inversion"] == torch_record["nfe_inversion"] == 8
 
 
-def test_deepinv_runs_its_solver_on_ort_from_the_engine_dir(
+def test_deepinv_runs_its_solver_on_ort_from_the_export_dir(
     sd3_export: tuple[Path, str], tiny_sd3_dir: Path, solver_dir: Path, photo: Path, tmp_path: Path
 ) -> None:
-    """With --engine ort, the solver graph in engine-dir is used (no solver folder needed) and deepinv's
+    """With --backend ort, the solver graph in export-dir is used (no solver folder needed) and deepinv's
     z_T matches the torch denoiser + torch solver."""
-    engine_dir, _ = sd3_export
+    export_dir, _ = sd3_export
     torch_run = fastinv.load(tiny_sd3_dir, device="cpu", solver=solver_dir)
-    ort_run = fastinv.load(tiny_sd3_dir, device="cpu", engine="ort", engine_dir=engine_dir)
+    ort_run = fastinv.load(tiny_sd3_dir, device="cpu", backend="ort", export_dir=export_dir)
     assert isinstance(ort_run.model.velocity, OrtVelocity) and ort_run.solver_dir is None
     expected = torch_run.invert(photo, method="deepinv", steps=3)
     actual = ort_run.invert(photo, method="deepinv", steps=3)
     assert isinstance(ort_run.solver, OrtSolver) and actual.options["solver"] == str(
-        engine_dir / "solver.fp32.onnx"
+        export_dir / "solver.fp32.onnx"
     )
     assert rel(actual.z_T, expected.z_T) <= FP32
 
     out = tmp_path / "out"
     args = ["invert", str(photo), "--model", str(tiny_sd3_dir), "--method", "deepinv", "--steps", "2"]
-    code, stdout, stderr = cli([*args, "--engine", "ort", "--engine-dir", str(engine_dir), "--out", str(out)])
+    args += ["--backend", "ort", "--export-dir", str(export_dir)]
+    code, stdout, stderr = cli([*args, "--out", str(out)])
     assert code == 0, stderr
     record = json.loads((out / "astronaut.metrics.json").read_text())
-    assert record["engine"] == "ort" and record["method_options"]["solver"].endswith("solver.fp32.onnx")
-    assert "(ort engine, eager" in stdout
+    assert record["backend"] == "ort" and record["method_options"]["solver"].endswith("solver.fp32.onnx")
+    assert "(ort backend, eager" in stdout
 
 
-def test_engine_dir_errors(
+def test_export_dir_errors(
     sd3_export: tuple[Path, str],
     tiny_sd3_dir: Path,
     tiny_flux_dir: Path,
@@ -133,32 +134,32 @@ def test_engine_dir_errors(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Missing, mismatched and stale engine folders: exit 2 and one line naming the problem."""
-    engine_dir, _ = sd3_export
+    """Missing, mismatched and stale export folders: exit 2 and one line naming the problem."""
+    export_dir, _ = sd3_export
     empty = tmp_path / "empty"
     empty.mkdir()
-    tiny = ["--model", str(tiny_sd3_dir)]
+    tiny, ort = ["--model", str(tiny_sd3_dir)], ["--backend", "ort", "--export-dir"]
     cases = {
-        ("--engine", "ort"): "the ort engine needs --engine-dir",
-        ("--engine-dir", str(engine_dir)): "--engine-dir is for the ort and trt engines",
-        ("--engine", "gpu", "--engine-dir", str(engine_dir)): "unknown engine 'gpu'",
-        ("--engine", "ort", "--engine-dir", str(tmp_path / "absent")): "engine folder not found",
+        ("--backend", "ort"): "the ort backend needs --export-dir",
+        ("--export-dir", str(export_dir)): "--export-dir is for the ort and trt backends",
+        ("--backend", "gpu", "--export-dir", str(export_dir)): "unknown backend 'gpu'",
+        ("--backend", "ort", "--export-dir", str(tmp_path / "absent")): "export folder not found",
         (
             *tiny,
-            "--engine",
+            "--backend",
             "ort",
-            "--engine-dir",
+            "--export-dir",
             str(empty),
         ): r"no velocity.fp32.onnx in .* \(it holds no velocity",
-        (*tiny, "--dtype", "fp16", "--engine", "ort", "--engine-dir", str(engine_dir)): (
+        (*tiny, "--dtype", "fp16", "--backend", "ort", "--export-dir", str(export_dir)): (
             r"no velocity.fp16.onnx in .* \(it holds velocity.fp32.onnx\): export it with "
             r"`fastinv export --precision fp16"
         ),
-        ("--model", str(tiny_flux_dir), "--engine", "ort", "--engine-dir", str(engine_dir)): (
+        ("--model", str(tiny_flux_dir), "--backend", "ort", "--export-dir", str(export_dir)): (
             "was exported for a sd3 model, not flux"
         ),
-        ("--engine", "ort", "--engine-dir", str(engine_dir)): "exported for another model: config differs in",
-        ("--engine", "trt", "--engine-dir", str(engine_dir)): "the trt engine needs NVIDIA TensorRT",
+        (*ort, str(export_dir)): "exported for another model: config differs in",
+        ("--backend", "trt", "--export-dir", str(export_dir)): "the trt backend needs NVIDIA TensorRT",
     }
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as here, also where TensorRT is installed
     for extra, message in cases.items():
@@ -181,7 +182,7 @@ def test_export_errors(
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     out = tmp_path / "out"
     cases = {
-        ("--format", "trt"): "the trt engine needs NVIDIA TensorRT ≥ 10 and a CUDA GPU",
+        ("--format", "trt"): "the trt backend needs NVIDIA TensorRT ≥ 10 and a CUDA GPU",
         ("--format", "tflite"): "unknown format 'tflite'",
         ("--precision", "fp8"): "unknown precision 'fp8'",
         ("--batch", "4:2:1"): "--batch '4:2:1': give MIN:OPT:MAX",
@@ -200,21 +201,21 @@ def test_export_errors(
     assert memoised_export == [out]
 
 
-def test_info_lists_the_engines_that_import(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_lists_the_backends_that_import(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     code, stdout, _ = cli(["info"])
-    row = next(line for line in stdout.splitlines() if "engines" in line)
+    row = next(line for line in stdout.splitlines() if "backends" in line)
     assert code == 0 and "torch, ort" in row and "trt" not in row
 
 
 def test_one_ort_inverter_serves_eight_threads(
     sd3_export: tuple[Path, str], tiny_sd3_dir: Path, photo: Path
 ) -> None:
-    """Threads share one Inverter on the ort engine (denoiser and solver graphs): same results as in turn."""
+    """Threads share one Inverter on the ort backend (denoiser and solver graphs): same results as in turn."""
     from concurrent.futures import ThreadPoolExecutor
 
     folder, _ = sd3_export
-    inv = fastinv.load(tiny_sd3_dir, device="cpu", engine="ort", engine_dir=folder)
+    inv = fastinv.load(tiny_sd3_dir, device="cpu", backend="ort", export_dir=folder)
     requests = [(("euler", "deepinv")[i % 2], f"prompt {i % 3}") for i in range(16)]
 
     def run(request: tuple[str, str]) -> torch.Tensor:
