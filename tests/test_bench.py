@@ -169,6 +169,45 @@ def test_deepinv_without_solver_is_skipped_and_timing_only(tiny_sd3_dir: Path, t
     assert not (out / "fidelity_vs_time.png").exists()
 
 
+def test_methods_are_timed_side_by_side(
+    tiny_sd3_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At equal steps the methods alternate image by image after their warm-ups (so drift lands on all of
+    them), and the rows still come out in method order."""
+    import fastinv.bench.run as bench_run
+
+    calls: list[tuple[str, int]] = []
+    invert = bench_run.invert_image
+
+    def recording(inverter, picture, job):
+        calls.append((job.method, id(picture)))
+        return invert(inverter, picture, job)
+
+    monkeypatch.setattr(bench_run, "invert_image", recording)
+    out = tmp_path / "bench"
+    args = ["bench", "--model", str(tiny_sd3_dir), "--methods", "euler,fireflow", "--steps", "1"]
+    args += ["--repeats", "1", "--max-images", "2", "--warmup", "1", "--timing-only", "--device", "cpu"]
+    code, _, stderr = cli([*args, "--out", str(out)])
+    assert code == 0, stderr
+    first, second = calls[0][1], calls[4][1]
+    assert calls == [
+        ("euler", first),
+        ("fireflow", first),
+        ("euler", first),
+        ("fireflow", first),
+        ("euler", second),
+        ("fireflow", second),
+    ]
+    assert first != second
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [(r["method"], r["image"]) for r in rows] == [
+        ("euler", "chelsea"),
+        ("euler", "coffee"),
+        ("fireflow", "chelsea"),
+        ("fireflow", "coffee"),
+    ]
+
+
 def test_a_backend_that_fails_to_load_is_skipped(tiny_sd3_dir: Path, tmp_path: Path) -> None:
     """A broken graph in --export-dir: every ort combination is skipped with the load error's line, and the
     torch backend's results are still written."""

@@ -96,32 +96,51 @@ def measure_image(
     return row
 
 
-def measure_combination(
+def measure_steps(
     inverter: Inverter,
     backend: str,
     pictures: dict[str, LoadedImage],
-    method: str,
+    methods: list[str],
     steps: int,
     plan: BenchPlan,
     progress: Progress,
     task: TaskID,
     ratios: dict[tuple[int, ...], float],
-) -> list[Row]:
-    """plan.warmup untimed inversions of the first image, then `measure_image` of each image."""
-    unit = f"{backend} · {method} · {steps} steps"
+) -> tuple[list[Row], list[Row]]:
+    """Every method at `steps` on every image: (rows in method order, skipped).
+
+    plan.warmup untimed inversions of the first image per method, then, image by image, `measure_image`
+    of each method in turn: the methods compared at equal steps are timed side by side, so a slow drift
+    of the machine (other jobs, clocks) lands on all of them rather than on whichever ran last. A method
+    that raises a FastinvError (deepinv without a solver) or runs out of GPU memory is skipped with the
+    error's first line; the others go on.
+    """
     first = next(iter(pictures.values()))
-    for _ in range(plan.warmup):
-        progress.update(task, description=f"{unit} · warm-up")
-        invert_image(inverter, first, InversionJob(PROMPT, method, steps, GUIDANCE))
-    rows = []
+    rows: dict[str, list[Row]] = {}
+    skipped: list[Row] = []
+    for method in methods:
+        progress.update(task, description=f"{backend} · {method} · {steps} steps · warm-up")
+        try:
+            for _ in range(plan.warmup):
+                invert_image(inverter, first, InversionJob(PROMPT, method, steps, GUIDANCE))
+            rows[method] = []
+        except (FastinvError, torch.OutOfMemoryError) as err:
+            skipped.append(_skipped(backend, method, steps, err))
     for name, picture in pictures.items():
-        progress.update(task, description=f"{unit} · {name}")
-        row = measure_image(inverter, picture, method, steps, plan.repeats, not plan.timing_only, ratios)
         size = [picture.pixels.shape[-1], picture.pixels.shape[-2]]
-        key = {"backend": backend, "method": method, "steps": steps, "image": name, "size": size}
-        rows.append(key | row)
-        progress.advance(task)
-    return rows
+        for method in list(rows):
+            progress.update(task, description=f"{backend} · {method} · {steps} steps · {name}")
+            key = {"backend": backend, "method": method, "steps": steps, "image": name, "size": size}
+            try:
+                row = measure_image(
+                    inverter, picture, method, steps, plan.repeats, not plan.timing_only, ratios
+                )
+                rows[method].append(key | row)
+            except (FastinvError, torch.OutOfMemoryError) as err:
+                skipped.append(_skipped(backend, method, steps, err))
+                del rows[method]
+        progress.advance(task, len(methods))
+    return [row for method_rows in rows.values() for row in method_rows], skipped
 
 
 def _load(plan: BenchPlan, backend: str, export_dir: Path | None) -> Inverter:
@@ -197,19 +216,21 @@ def run_bench(plan: BenchPlan, console: Console) -> BenchResult:
             }
             ratios: dict[tuple[int, ...], float] = {}
             for steps in plan.steps:
+                runnable = []
                 for method in plan.methods:
                     refusal = BACKENDS[backend].refusal(method)  # up front: nothing runs
-                    if refusal is not None:
-                        result.skipped.append(_skipped(backend, method, steps, refusal))
+                    if refusal is None:
+                        runnable.append(method)
                     else:
-                        try:
-                            result.rows += measure_combination(
-                                inverter, backend, pictures, method, steps, plan, progress, task, ratios
-                            )
-                        except (FastinvError, torch.OutOfMemoryError) as err:
-                            result.skipped.append(_skipped(backend, method, steps, err))
-                    done += len(pictures)
-                    progress.update(task, completed=done)
+                        result.skipped.append(_skipped(backend, method, steps, refusal))
+                if runnable:
+                    rows, skipped = measure_steps(
+                        inverter, backend, pictures, runnable, steps, plan, progress, task, ratios
+                    )
+                    result.rows += rows
+                    result.skipped += skipped
+                done += len(plan.methods) * len(pictures)
+                progress.update(task, completed=done)
             del inverter, pictures  # one backend's model in memory at a time
             gc.collect()
             if torch.cuda.is_available():
