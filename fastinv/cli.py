@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,7 +23,8 @@ from fastinv.errors import FastinvError
 from fastinv.runtime.backends import BACKENDS, folder_backends, get_backend
 
 if TYPE_CHECKING:
-    pass
+    from fastinv.folders import Item, Manifest
+    from fastinv.pipeline import InversionJob
 
 app = typer.Typer(
     help="Fast diffusion inversion for rectified-flow models (SD3, FLUX).",
@@ -122,20 +123,15 @@ def _quiet_libraries() -> None:
         logging.disable_progress_bar()
 
 
-def _output_names(images: list[Path]) -> dict[Path, str]:
-    stems: dict[str, Path] = {}
-    for image in images:
-        if not image.is_file():
-            raise FastinvError(f"image not found: {image}")
-        if image.stem in stems:
-            raise FastinvError(f"{stems[image.stem]} and {image} would write the same outputs; rename one")
-        stems[image.stem] = image
-    return {image: stem for stem, image in stems.items()}
-
-
 @app.command()
 def invert(
-    images: Annotated[list[Path] | None, typer.Argument(help="Image files (any format PIL reads).")] = None,
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Image files (any format PIL reads), folders (their image files) or quoted glob patterns "
+            "('photos/*.jpg')."
+        ),
+    ] = None,
     model: ModelOption = None,
     example: Annotated[
         bool, typer.Option("--example", help="Also invert the photo shipped with fastinv.")
@@ -148,7 +144,9 @@ def invert(
     embedded_guidance: EmbeddedGuidanceOption = None,
     embeddings: EmbeddingsOption = None,
     solver: SolverOption = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fastinv-out"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder; images whose outputs it holds (same settings) are skipped.")
+    ] = Path("fastinv-out"),
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     backend: BackendOption = "torch",
@@ -157,69 +155,193 @@ def invert(
     compile_: CompileOption = None,
     cuda_graphs: CudaGraphsOption = None,
     kernels: KernelsOption = "auto",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Images inverted together (one batched method call per pixel size); --ray runs the same "
+            "batches."
+        ),
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Ray Data: 'local' starts a local Ray, else a Ray cluster's address "
+            "(needs pip install 'fastinv\\[ray]')."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="With --ray: inverting actors (default: one per GPU, else per CPU).")
+    ] = None,
 ) -> None:
-    """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics."""
+    """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics per image,
+    and OUT/manifest.jsonl."""
     _quiet_libraries()
-    from fastinv.api import check_request, load
+    from fastinv.api import check_request
+    from fastinv.folders import Item, Manifest, Settings, completed, expand_inputs, output_names
     from fastinv.methods import parse_options
     from fastinv.models import EXAMPLE_IMAGE
-    from fastinv.pipeline import InversionJob, invert_to_files
+    from fastinv.pipeline import InversionJob
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     get_backend(backend).check_method(method)  # before loading
     _check_out(out)
     method_options = parse_options(method, set_ or [])
-    images = [*(images or []), *([EXAMPLE_IMAGE] if example else [])]
-    if not images:
-        raise FastinvError("no images given: name image files, or pass --example for the shipped photo")
-    names = _output_names(images)
-    with console.status(f"loading {model or 'the shipped default model'}"):
-        inverter = load(
-            model,
-            device=device,
-            dtype=dtype,
-            embeddings=embeddings,
-            solver=solver,
-            backend=backend,
-            export_dir=export_dir,
-            fast=fast,
-            compile=compile_,
-            cuda_graphs=cuda_graphs,
-            kernels=kernels,
+    if batch_size < 1:
+        raise FastinvError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and (ray is None or workers < 1):
+        raise FastinvError(
+            "--workers needs --ray" if ray is None else f"--workers must be at least 1, got {workers}"
         )
-    method = inverter.resolve_method(method)
-    loaded = {image: inverter.prepare_image(image) for image in images}
+    if ray is not None:
+        from fastinv.ray_data import check_installed
+
+        if not ray.strip():
+            raise FastinvError("--ray needs 'local' or the address of a Ray cluster")
+        check_installed()
+    paths = expand_inputs([*(images or []), *([EXAMPLE_IMAGE] if example else [])], out)
+    if not paths:
+        raise FastinvError(
+            "no images given: name image files or folders, or pass --example for the shipped photo"
+        )
+    names = output_names(paths)
+    items = [Item(index, str(path), names[path]) for index, path in enumerate(paths)]
+    job = InversionJob(prompt, method, steps, guidance, embedded_guidance, method_options)
+    settings = Settings.of(job, model, solver)
+    manifest = Manifest(out)
+    manifest.add(
+        record for record in (completed(out, item, settings) for item in items) if record is not None
+    )
+    pending = [item for item in items if item.index not in manifest.outcomes]
+    load_options = {
+        "model_dir": model,
+        "device": device,
+        "dtype": dtype,
+        "embeddings": embeddings,
+        "solver": solver,
+        "backend": backend,
+        "export_dir": export_dir,
+        "fast": fast,
+        "compile": compile_,
+        "cuda_graphs": cuda_graphs,
+        "kernels": kernels,
+    }
+    title = ""
+    try:
+        if pending and ray is None:
+            title = _invert_here(pending, job, out, load_options, batch_size, manifest)
+        elif pending:
+            title = _invert_on_ray(ray, pending, job, out, load_options, batch_size, workers, manifest)
+    finally:
+        manifest.write()
+    _print_outcomes(manifest, title, out)
+    failed = manifest.by_status("error")
+    if failed:
+        first = failed[0]
+        raise FastinvError(
+            f"{len(failed)} of {len(items)} images failed (see {manifest.path}); first: {first['image']}: "
+            f"{first['error']}"
+        )
+
+
+def _invert_here(
+    pending: list[Item],
+    job: InversionJob,
+    out: Path,
+    load_options: dict[str, Any],
+    batch_size: int,
+    manifest: Manifest,
+) -> str:
+    """Invert `pending` in this process, `batch_size` at a time, into `out`; returns the table's title."""
+    from fastinv.api import load
+    from fastinv.folders import batches, invert_items
+
+    with console.status(f"loading {load_options['model_dir'] or 'the shipped default model'}"):
+        inverter = load(**load_options)
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
-
-    where = f"{inverter.model.device} ({backend} backend, {inverter.config.describe()})"
-    title = f"{method}, {steps} steps, {inverter.model.family} on {where}"
-    table = Table(title=title)
-    for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
-        table.add_column(column, justify="left" if column == "image" else "right")
-    job = InversionJob(prompt, method, steps, guidance, embedded_guidance, method_options)
     with progress_bar(console) as progress:
-        for image, picture in loaded.items():
-            for note in picture.notes:
-                console.print(f"[dim]{image.name}: {note}[/dim]")
-            hook, task = _stage_hook(progress, names[image], steps)
-            record = invert_to_files(inverter, picture, job, out, names[image], hook)
+        overall = progress.add_task("images", total=len(pending))
+        for batch in batches(pending, batch_size):
+            label = batch[0].name + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")
+            hook, task = _stage_hook(progress, label, job.steps)
+            outcomes = invert_items(inverter, batch, job, out, hook)
             progress.remove_task(task)
-            width, height = record["size"]
-            metrics = record["metrics"]
+            _report(outcomes, manifest)
+            progress.advance(overall, len(batch))
+    where = f"{inverter.model.device} ({load_options['backend']} backend, {inverter.config.describe()})"
+    return f"{inverter.resolve_method(job.method)}, {job.steps} steps, {inverter.model.family} on {where}"
+
+
+def _invert_on_ray(
+    address: str,
+    pending: list[Item],
+    job: InversionJob,
+    out: Path,
+    load_options: dict[str, Any],
+    batch_size: int,
+    workers: int | None,
+    manifest: Manifest,
+) -> str:
+    """Invert `pending` on Ray Data (`fastinv.ray_data`), in the plain run's batches; returns the title."""
+    from fastinv.folders import Settings, batches
+    from fastinv.ray_data import LOCAL, check_paths, invert_batches, session
+
+    check_paths(load_options)
+    console.print(
+        f"[dim]{'starting a local Ray' if address == LOCAL else f'connecting to Ray at {address}'}[/dim]"
+    )
+    with session(address), progress_bar(console) as progress:
+        overall = progress.add_task("images (Ray)", total=len(pending))
+
+        def finished(outcomes: list[dict[str, Any]]) -> None:
+            _report(outcomes, manifest)
+            progress.advance(overall, len(outcomes))
+
+        actors = invert_batches(batches(pending, batch_size), load_options, job, out, workers, finished)
+    method = Settings.of(job, load_options["model_dir"], load_options["solver"]).method
+    return f"{method}, {job.steps} steps, on Ray ({actors} workers)"
+
+
+def _report(outcomes: list[dict[str, Any]], manifest: Manifest) -> None:
+    """Print a batch's image notes and errors as it finishes, and add its outcomes to the manifest."""
+    for record in outcomes:
+        name = Path(record["image"]).name
+        for note in (record["details"] or {}).get("notes", []):
+            console.print(f"{name}: {note}", style="dim", markup=False)
+        if record["status"] == "error":
+            console.print(f"{name}: {record['error']}", style="red", markup=False)
+    manifest.add(outcomes)
+
+
+def _print_outcomes(manifest: Manifest, title: str, out: Path) -> None:
+    """The table of the images inverted now, and one line counting inverted, skipped and failed images."""
+    inverted = manifest.by_status("ok")
+    if inverted:
+        table = Table(title=title)
+        for column in ("image", "size", "NFE", "invert s", "reconstruct s", "PSNR dB", "SSIM", "LPIPS"):
+            table.add_column(column, justify="left" if column == "image" else "right")
+        for record in inverted:
+            details, metrics = record["details"], record["metrics"]
+            width, height = details["size"]
             table.add_row(
-                image.name,
+                Path(record["image"]).name,
                 f"{width}×{height}",
-                str(record["nfe_inversion"]),
-                _fmt(record["seconds_inversion"]),
-                _fmt(record["seconds_reconstruction"]),
+                str(details["nfe"]),
+                _fmt(details["seconds_inversion"]),
+                _fmt(details["seconds_reconstruction"]),
                 _fmt(metrics["psnr"]),
                 _fmt(metrics["ssim"], 4),
                 _fmt(metrics["lpips"], 4),
             )
-    console.print(table)
+        console.print(table)
+        console.print(
+            f"wrote z_T (.zT.safetensors), reconstructions (.recon.png) and metrics (.metrics.json) to {out}"
+        )
+    skipped, failed = manifest.by_status("skipped"), manifest.by_status("error")
     console.print(
-        f"wrote z_T (.zT.safetensors), reconstructions (.recon.png) and metrics (.metrics.json) to {out}"
+        f"{len(inverted)} inverted, {len(skipped)} skipped (done before with these settings), "
+        f"{len(failed)} failed; one line per image in {manifest.path}",
+        markup=False,
     )
 
 
@@ -316,14 +438,17 @@ def edit(
 
 
 def _stage_hook(progress: Progress, stem: str, steps: int) -> tuple[Callable[[str], None], TaskID]:
-    """A pipeline step hook that shows `stem`'s current stage (invert, reconstruct, edit), `steps` a stage."""
+    """A pipeline step hook that shows `stem`'s current stage (invert, reconstruct, edit), `steps` a stage
+    (a batch reconstructs its images one after another: each is a stage)."""
     task = progress.add_task(stem, total=steps)
     current: list[str] = []
+    done = [0]
 
     def hook(stage: str) -> None:
-        if current != [stage]:
-            current[:] = [stage]
+        if current != [stage] or done[0] == steps:
+            current[:], done[0] = [stage], 0
             progress.update(task, description=f"{stem}: {stage}", completed=0)
+        done[0] += 1
         progress.advance(task)
 
     return hook, task

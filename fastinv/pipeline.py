@@ -2,10 +2,13 @@
 `fastinv bench`, the benchmarks); none re-assembles it.
 
     1. image (file, PIL, array) → pixels fitted to the model           Inverter.prepare_image
-    2. pixels → latents x0 → z_T by the method on the backend          Inverter.invert
+    2. pixels → latents x0 → z_T by the method on the backend          Inverter.invert_batch
     3. z_T → reconstruction (Euler sampling from z_T alone)            Inverter.reconstruct
     4. reconstruction against the input → PSNR, SSIM, LPIPS, MSE       Inverter.evaluate
     5. z_T, reconstruction and metrics → one published set of files   outputs.write_outputs
+
+Images inverted together (`invert_images`, `invert_batch_to_files`) share step 2, one batched method call
+per pixel size; steps 3–5 run per image. One image alone is the same call as `invert_to_files`'s.
 
 An edit runs 1–4, regenerates from z_T with the target prompt (Inverter.edit), scores that too, and writes
 the edit's files (outputs.write_edit_outputs).
@@ -13,7 +16,9 @@ the edit's files (outputs.write_edit_outputs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,13 +83,19 @@ def _stage(hook: StepHook | None, stage: str) -> Callable[[dict[str, Any]], None
     return None if hook is None else lambda _: hook(stage)
 
 
-def invert_image(
-    inverter: Inverter, image: ImageSource | LoadedImage, job: InversionJob, hook: StepHook | None = None
-) -> Inversion:
-    """Steps 1–2: fit the image to the model, encode it and invert it to z_T."""
-    picture = image if isinstance(image, LoadedImage) else inverter.prepare_image(image)  # 1
-    return inverter.invert(  # 2
-        picture,
+def invert_images(
+    inverter: Inverter,
+    images: Sequence[ImageSource | LoadedImage],
+    job: InversionJob,
+    hook: StepHook | None = None,
+) -> list[Inversion]:
+    """Steps 1–2 for images inverted together, in input order: one batched method call per pixel size
+    (`Inverter.invert_batch`). Each Inversion's seconds is its share of its size group's call."""
+    pictures = [  # 1
+        image if isinstance(image, LoadedImage) else inverter.prepare_image(image) for image in images
+    ]
+    inversions = inverter.invert_batch(  # 2
+        pictures,
         prompt=job.prompt,
         method=job.method,
         steps=job.steps,
@@ -93,6 +104,23 @@ def invert_image(
         callback=_stage(hook, "invert"),
         **job.options,
     )
+    group = Counter(tuple(picture.pixels.shape) for picture in pictures)  # invert_batch's size groups
+    shared = []
+    for inversion in inversions:
+        size = group[tuple(inversion.image.pixels.shape)]
+        if size > 1:
+            share = dataclasses.replace(inversion.result, seconds=inversion.result.seconds / size)
+            inversion = dataclasses.replace(inversion, result=share)
+        shared.append(inversion)
+    return shared
+
+
+def invert_image(
+    inverter: Inverter, image: ImageSource | LoadedImage, job: InversionJob, hook: StepHook | None = None
+) -> Inversion:
+    """Steps 1–2: fit the image to the model, encode it and invert it to z_T."""
+    (inversion,) = invert_images(inverter, [image], job, hook)
+    return inversion
 
 
 def reconstruct_and_score(
@@ -121,8 +149,27 @@ def invert_to_files(
 ) -> dict[str, Any]:
     """Steps 1–5: `<stem>.zT.safetensors`, `.recon.png` and `.metrics.json` published under `out` as one set;
     returns the record written."""
-    trip = round_trip(inverter, image, job, hook)
-    return write_outputs(out, stem, inverter.model, trip.inversion, trip.reconstruction, trip.metrics)  # 5
+    (record,) = invert_batch_to_files(inverter, [image], job, out, [stem], hook)
+    return record
+
+
+def invert_batch_to_files(
+    inverter: Inverter,
+    images: Sequence[ImageSource | LoadedImage],
+    job: InversionJob,
+    out: Path,
+    stems: Sequence[str],
+    hook: StepHook | None = None,
+) -> list[dict[str, Any]]:
+    """Steps 1–5 for images inverted together (`invert_images`); each is then reconstructed, scored and
+    published under `out` as its stem's set of files. Returns the records written, in input order."""
+    if len(images) != len(stems):
+        raise ValueError(f"{len(images)} images but {len(stems)} stems")
+    records = []
+    for inversion, stem in zip(invert_images(inverter, images, job, hook), stems, strict=True):
+        reconstruction, metrics = reconstruct_and_score(inverter, inversion, hook)
+        records.append(write_outputs(out, stem, inverter.model, inversion, reconstruction, metrics))  # 5
+    return records
 
 
 def edit_image(

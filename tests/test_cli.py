@@ -13,6 +13,7 @@ from skimage import data
 
 from fastinv.cli import main
 from fastinv.files import load_latents
+from fastinv.outputs import read_output_set
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +142,11 @@ def test_info(capsys) -> None:
         (["--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["--model", "/nonexistent/model"], "model folder not found: /nonexistent/model"),
         (["EXTRA:missing.png"], "image not found: missing.png"),
-        (["EXTRA:garbage"], "cannot read image"),
-        (["EXTRA:tiny"], "this model needs at least"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
     args: list[str], message: str, tiny_sd3_dir: Path, photos: list[Path], tmp_path: Path, capsys
 ) -> None:
-    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
-    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
     images = [str(photos[0])]
     options = ["--model", str(tiny_sd3_dir), "--out", str(tmp_path / "out"), "--steps", "2"]
     for arg in args:
@@ -163,6 +160,24 @@ def test_bad_input_is_one_line_exit_2(
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "message"), [("garbage", "cannot read image"), ("tiny", "needs at least")])
+def test_an_unreadable_image_fails_alone(
+    name: str, message: str, tiny_sd3_dir: Path, photos: list[Path], tmp_path: Path, capsys
+) -> None:
+    """Reported in the manifest and in one error line at the end (exit 2); the other image is written."""
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
+    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
+    out = tmp_path / "out"
+    images = [str(photos[0]), str(tmp_path / f"{name}.png")]
+    code, _, stderr = run(
+        ["invert", *images, "--model", str(tiny_sd3_dir), "--out", str(out), "--steps", "2"], capsys
+    )
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: 1 of 2 images failed")
+    assert message in lines[0]
+    assert read_output_set(out, photos[0].stem) is not None and read_output_set(out, name) is None
 
 
 def test_python_m_fastinv_entry_point() -> None:

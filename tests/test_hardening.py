@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 import fastinv
 from fastinv import cli as cli_module
 from fastinv.errors import FastinvError
+from fastinv.folders import MANIFEST
 from fastinv.models import DEFAULT_MODEL
 from fastinv.models.minilm import SentenceEncoderSpec
 from fastinv.outputs import INVERSION_FILES, read_output_set
@@ -164,7 +165,9 @@ def test_output_sets_are_whole_and_mixed_sets_are_refused(tmp_path: Path) -> Non
     for out in (first, second):
         code, _, err = cli(["invert", "--example", "--steps", "2", "--out", str(out)])
         assert code == 0, err
-        assert sorted(p.name for p in out.iterdir()) == sorted(f"coffee{s}" for s in INVERSION_FILES)
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [MANIFEST, *(f"coffee{s}" for s in INVERSION_FILES)]
+        )
     record = read_output_set(first, "coffee")
     assert record["run_id"] and record["nfe_inversion"] == 2
     shutil.copy(second / "coffee.recon.png", first / "coffee.recon.png")  # a re-run killed between renames
@@ -175,7 +178,8 @@ def test_output_sets_are_whole_and_mixed_sets_are_refused(tmp_path: Path) -> Non
 
 
 def test_a_write_fault_leaves_no_partial_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The disk fills up while z_T is staged (safetensors' own error): one line, no file published."""
+    """The disk fills up while z_T is staged (safetensors' own error): one line, no output file published
+    (the manifest records the failure)."""
 
     def full(*args: object, **kwargs: object) -> None:
         raise RuntimeError("No space left on device (os error 28)")
@@ -183,7 +187,7 @@ def test_a_write_fault_leaves_no_partial_set(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(fastinv.files, "save_file", full)
     code, _, err = cli(["invert", "--example", "--steps", "2", "--out", str(tmp_path)])
     assert code == 2 and "No space left on device" in one_error_line(err)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [tmp_path / MANIFEST]
 
 
 # --- 7. options checked up front ----------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+"""`fastinv invert` on folders and glob patterns: which files they name, resume from OUT, OUT/manifest.jsonl,
+an unreadable image among good ones, and the one-line errors of inputs that name nothing (shipped model,
+64×64 photos, 2 Euler steps)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from cli_runner import cli
+from PIL import Image
+from skimage import data
+
+import fastinv.pipeline
+from fastinv import cli as cli_module
+from fastinv.folders import MANIFEST, MANIFEST_FIELDS, expand_inputs
+from fastinv.outputs import INVERSION_FILES, read_output_set
+
+RUN = ["--method", "euler", "--steps", "2"]
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """astronaut.png, coffee.png, rocket.jpg (64×64), a text file, and broken.png: garbage bytes."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name, suffix in (("astronaut", ".png"), ("coffee", ".png"), ("rocket", ".jpg")):
+        Image.fromarray(getattr(data, name)()).resize((64, 64)).save(folder / f"{name}{suffix}")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG garbage, not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, str]:
+    """(OUT, exit code, stdout, stderr) of `fastinv invert PHOTOS --out OUT`, run once for the module."""
+    out = tmp_path_factory.mktemp("first") / "out"
+    return (out, *cli(["invert", str(photos), "--out", str(out), *RUN]))
+
+
+def test_a_folder_is_inverted_and_its_broken_image_reported(photos: Path, first_run: tuple) -> None:
+    """Every image file of the folder (not the text file) in name order; the broken one is an error line in
+    the manifest, the others are written, and the run ends in one line counting the failure."""
+    out, code, stdout, err = first_run
+    assert code == 2
+    line = one_error_line(err)
+    assert f"1 of 4 images failed (see {out / MANIFEST})" in line and "broken.png: cannot read image" in line
+    lines = manifest(out)
+    assert [record["image"] for record in lines] == [
+        str(photos / name) for name in ("astronaut.png", "broken.png", "coffee.png", "rocket.jpg")
+    ]
+    assert all(list(record) == list(MANIFEST_FIELDS) for record in lines)
+    assert [(record["name"], record["status"]) for record in lines] == [
+        ("astronaut", "ok"),
+        ("broken", "error"),
+        ("coffee", "ok"),
+        ("rocket", "ok"),
+    ]
+    broken = lines[1]
+    assert broken["seconds"] is None and broken["metrics"] is None
+    assert broken["error"].startswith("cannot read image") and "\n" not in broken["error"]
+    for record in (lines[0], *lines[2:]):
+        assert record["error"] is None and record["seconds"] > 0
+        written = read_output_set(out, record["name"])
+        assert {key: written["metrics"][key] for key in ("psnr", "ssim", "lpips")} == record["metrics"]
+        assert written["method"] == "euler" and written["steps"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            MANIFEST,
+            *(f"{stem}{suffix}" for stem in ("astronaut", "coffee", "rocket") for suffix in INVERSION_FILES),
+        ]
+    )
+    assert "PSNR dB" in stdout and "3 inverted, 0 skipped" in stdout and "1 failed" in stdout
+
+
+def test_resume_skips_complete_sets_and_reruns_the_others(
+    photos: Path, first_run: tuple, tmp_path: Path
+) -> None:
+    """A set with its reconstruction deleted, and the broken image, are run again; complete sets made
+    with the same settings are kept as they are."""
+    out = tmp_path / "out"
+    shutil.copytree(first_run[0], out)
+    run_ids = {stem: read_output_set(out, stem)["run_id"] for stem in ("astronaut", "coffee", "rocket")}
+    (out / "coffee.recon.png").unlink()
+    code, stdout, err = cli(["invert", str(photos), "--out", str(out), *RUN])
+    assert code == 2 and "1 of 4 images failed" in one_error_line(err)
+    assert [(record["name"], record["status"]) for record in manifest(out)] == [
+        ("astronaut", "skipped"),
+        ("broken", "error"),
+        ("coffee", "ok"),
+        ("rocket", "skipped"),
+    ]
+    skipped = manifest(out)[0]
+    assert skipped["seconds"] is None and skipped["metrics"] == manifest(first_run[0])[0]["metrics"]
+    assert read_output_set(out, "astronaut")["run_id"] == run_ids["astronaut"]
+    assert read_output_set(out, "rocket")["run_id"] == run_ids["rocket"]
+    assert read_output_set(out, "coffee")["run_id"] != run_ids["coffee"]
+    assert "1 inverted, 2 skipped" in stdout
+
+
+def test_a_glob_names_its_image_files_and_other_settings_rerun(
+    photos: Path, first_run: tuple, tmp_path: Path
+) -> None:
+    """A quoted pattern takes only the image files it matches; with the recorded settings they are all
+    skipped (no model is loaded), with other steps they are inverted again."""
+    out = tmp_path / "out"
+    shutil.copytree(first_run[0], out)
+    code, _, err = cli(["invert", str(photos / "*e*"), "--out", str(out), *RUN])  # not notes.txt
+    assert code == 2 and "1 of 3 images failed" in one_error_line(err)
+    assert [(record["name"], record["status"]) for record in manifest(out)] == [
+        ("broken", "error"),
+        ("coffee", "skipped"),
+        ("rocket", "skipped"),
+    ]
+    code, _, err = cli(
+        ["invert", str(photos / "[c]*.png"), "--out", str(out), "--method", "euler", "--steps", "3"]
+    )
+    assert code == 0, err
+    assert [(record["name"], record["status"]) for record in manifest(out)] == [("coffee", "ok")]
+    assert read_output_set(out, "coffee")["steps"] == 3
+
+
+def test_an_interrupted_run_leaves_a_manifest_of_what_it_finished(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT during the second image: exit 130, the first image's files and its manifest line."""
+    reconstruct = fastinv.pipeline.reconstruct_and_score
+    calls = []
+
+    def second_is_interrupted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            cli_module._on_signal(signal.SIGINT, None)
+        return reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(fastinv.pipeline, "reconstruct_and_score", second_is_interrupted)
+    out = tmp_path / "out"
+    code, _, err = cli(
+        ["invert", str(photos / "astronaut.png"), str(photos / "coffee.png"), "--out", str(out), *RUN]
+    )
+    assert code == 130 and "interrupted by SIGINT" in one_error_line(err)
+    assert [(record["name"], record["status"]) for record in manifest(out)] == [("astronaut", "ok")]
+    assert read_output_set(out, "astronaut") is not None and read_output_set(out, "coffee") is None
+
+
+def test_expand_inputs(photos: Path, tmp_path: Path) -> None:
+    """Files as given, folders and patterns by the shared image-suffix rule, sorted, each file once, never
+    from inside OUT."""
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(photos / "coffee.png", nested / "deep.PNG")
+    (tmp_path / "a" / "out").mkdir()
+    shutil.copy(photos / "coffee.png", tmp_path / "a" / "out" / "old.recon.png")
+    found = expand_inputs(
+        [str(photos / "notes.txt"), str(photos), str(photos / "*.png"), f"{tmp_path}/a/**/*"],
+        tmp_path / "a" / "out",
+    )
+    assert found == [
+        photos / "notes.txt",  # a named file is taken as is: PIL decides
+        *(photos / name for name in ("astronaut.png", "broken.png", "coffee.png", "rocket.jpg")),
+        nested / "deep.PNG",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["EMPTY"], "no image files in EMPTY (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)"),
+        (["EMPTY/*.jpg"], "no image files match 'EMPTY/*.jpg'"),
+        (["EMPTY/missing.png"], "image not found: EMPTY/missing.png"),
+        (["SAME"], "would write the same outputs; rename one"),
+        (["EMPTY", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["EMPTY", "--workers", "2"], "--workers needs --ray"),
+        (["EMPTY", "--ray", "local", "--workers", "0"], "--workers must be at least 1"),
+        (["EMPTY", "--ray", "local"], "--ray needs Ray, which is not installed: pip install 'fastinv[ray]'"),
+    ],
+)
+def test_inputs_naming_nothing_and_bad_options_are_one_line(
+    arguments: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line, exit 2, before any model or Ray is loaded and before OUT is made."""
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "EMPTY" / "notes.txt").write_text("x")
+    (tmp_path / "SAME").mkdir()
+    for name in ("photo.png", "photo.jpg"):
+        Image.new("RGB", (64, 64)).save(tmp_path / "SAME" / name)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a)
+    )
+    monkeypatch.setattr(fastinv.api, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["invert", *arguments, "--out", "out", *RUN])
+    assert code == 2 and message in one_error_line(err)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,79 @@
+"""`fastinv invert --ray`: a Ray Data run on 2 local workers writes the plain run's files and manifest
+(shipped model, 64×64 photos, 2 Euler steps, batches of 2)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runner import cli
+from PIL import Image
+from skimage import data
+
+from fastinv.files import load_latents
+from fastinv.folders import MANIFEST
+from fastinv.outputs import read_output_set
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own fields
+
+RUN = ["--method", "euler", "--steps", "2", "--batch-size", "2"]
+TIMED = ("seconds_inversion", "seconds_reconstruction", "run_id")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module (2 CPUs), which `fastinv invert --ray` uses since it is connected."""
+    terminate = signal.getsignal(signal.SIGTERM)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)  # ray.init's own handler would exit pytest on SIGTERM
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three 64×64 photos and broken.png (garbage bytes)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()).resize((64, 64)).save(folder / f"{name}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+def test_a_ray_run_writes_the_plain_runs_files(local_ray: None, photos: Path, tmp_path: Path) -> None:
+    plain, on_ray = tmp_path / "plain", tmp_path / "ray"
+    code, _, err = cli(["invert", str(photos), "--out", str(plain), *RUN])
+    assert code == 2 and "1 of 4 images failed" in err
+    code, stdout, err = cli(["invert", str(photos), "--out", str(on_ray), *RUN, "--ray", "local"])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: 1 of 4 images failed"), err
+    assert "on Ray (2 workers)" in stdout
+    assert [(r["name"], r["status"], r["metrics"], r["error"]) for r in manifest(on_ray)] == [
+        (r["name"], r["status"], r["metrics"], r["error"]) for r in manifest(plain)
+    ]
+    assert [r["status"] for r in manifest(on_ray)] == ["ok", "error", "ok", "ok"]
+    for stem in ("astronaut", "coffee", "rocket"):
+        z_plain, meta_plain = load_latents(plain / f"{stem}.zT.safetensors")
+        z_ray, meta_ray = load_latents(on_ray / f"{stem}.zT.safetensors")
+        assert torch.equal(z_plain, z_ray)
+        assert {k: v for k, v in meta_plain.items() if k != "run_id"} == {
+            k: v for k, v in meta_ray.items() if k != "run_id"
+        }
+        record_plain, record_ray = read_output_set(plain, stem), read_output_set(on_ray, stem)
+        assert {k: v for k, v in record_plain.items() if k not in TIMED} == {
+            k: v for k, v in record_ray.items() if k not in TIMED
+        }
+        assert (
+            Image.open(plain / f"{stem}.recon.png").tobytes()
+            == Image.open(on_ray / f"{stem}.recon.png").tobytes()
+        )
