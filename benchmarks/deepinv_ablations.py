@@ -3,10 +3,11 @@
 python benchmarks/deepinv_ablations.py --work DIR [--reuse RUN] [--variants a,b] [--steps 4,6,10,25,50]
                                        [--out benchmarks/results]
 
-Each variant is the shipped recipe (fastinv/solver/default_solver.json) at a reduced budget (BUDGET: one
-round of collection and fit on half the crops, half the epochs) with one change, trained by the same
-trainer on the same crops of the 14 photos and scored on the 6 held-out photos from z_T alone, with its
-denoiser-equivalent cost and its inversion time against Euler's in the same run.
+Each variant is the shipped recipe (fastinv/solver/default_solver.json) on the full-size preset
+"default-model" at a reduced budget (BUDGET: one round of collection and fit on half the crops, half the
+epochs) with one change, trained by the same trainer on the same crops of the 14 photos and scored on
+the 6 held-out photos from z_T alone, with its denoiser-equivalent cost and its inversion time against
+Euler's in the same run.
 
 Round 0 collects with the untrained solver. An untrained warm-start solver returns v whatever its size
 (zero-initialised output), so warm-start variants with the same collection settings collect the same
@@ -43,9 +44,9 @@ from fastinv.solver.recipe import DEFAULT_RECIPE, SolverTrainConfig
 from fastinv.solver.training import train_solver
 from fastinv.training.photos import HELD_OUT, load_photo
 
-BUDGET: dict[str, Any] = {"rounds": 1, "epochs": 8, "crops_per_image": 3}
+BUDGET: dict[str, Any] = {"preset": "default-model", "rounds": 1, "epochs": 8, "crops_per_image": 3}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "baseline": ("warm start, patch 4, width 128, 2 blocks (the shipped design)", {}),
+    "baseline": ("warm start, patch 4, width 128, 2 blocks (preset default-model)", {}),
     "paper": (
         "paper design (v at z_k, text; patch 8, 1 left + 2 right blocks)",
         {"preset": "default-model-paper"},

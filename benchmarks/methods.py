@@ -1,7 +1,7 @@
 """Compare inversion methods on the shipped default model: NFE, cost, time and reconstruction fidelity.
 
 python benchmarks/methods.py [--model DIR] [--solver DIR] [--steps 4,6,10,25,50] [--photos 6]
-                             [--settings a,b] [--out benchmarks/results]
+                             [--settings a,b] [--reuse METHODS_JSON] [--out benchmarks/results]
 
 Every setting (a method with its options) runs through the same runtime (torch, CPU here) on the same
 photos (skimage photos held out of the default model's training), prompt "" and guidance 1, at every step
@@ -11,13 +11,16 @@ shipped one never saw these photos) or --solver. Per row: NFE, solver calls, the
 
 Then, per DeepInv step count, the best training-free row (any setting, any step count) that costs no more,
 and the Pareto front of PSNR against cost. Writes methods.json (every figure, plus command, hardware and
-versions) and methods_cost.png (PSNR against cost, front marked) to --out.
+versions) and methods_cost.png (PSNR against cost, front marked) to --out. With --reuse, the rows of the
+settings not run (same steps, same photos) are read from an earlier methods.json and marked with its date
+and command: inversion and reconstruction are deterministic on CPU, so only their s/image is old.
 Fidelity is only meaningful on a trained model: random-weight models make every method look exact.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import statistics
@@ -133,6 +136,20 @@ def _time_ratio(rows: list[dict[str, Any]], ours: dict[str, Any]) -> float | Non
     return ours["seconds_per_image"] / euler[0]["seconds_per_image"] if euler else None
 
 
+def reused_rows(
+    path: Path, settings: list[str], steps_list: list[int], photos: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The rows of `path` (an earlier methods.json) for settings not in `settings`, at `steps_list`, each
+    marked {"reused_from": {"file", "date", "command"}}; one-line exit if its photos differ."""
+    record = json.loads(path.read_text())
+    rows = [r for r in record["rows"] if r["setting"] not in settings and r["steps"] in steps_list]
+    for row in rows:
+        if tuple(row["per_photo"]) != photos:
+            raise SystemExit(f"error: {path} scored photos {list(row['per_photo'])}, not {list(photos)}")
+        row["reused_from"] = {"file": str(path), "date": record["date"], "command": record["command"]}
+    return rows
+
+
 def print_tables(rows: list[dict[str, Any]], comparison: list[dict[str, Any]], front: list[int]) -> None:
     table = Table(title="Inversion methods on the default model (mean over photos; reconstruction from z_T)")
     for column in ("method", "steps", "NFE", "cost", "s/image", "PSNR dB", "SSIM", "LPIPS", "front"):
@@ -185,14 +202,21 @@ def main() -> None:
     parser.add_argument("--steps", default="4,6,10,25,50", help="comma-separated step counts")
     parser.add_argument("--photos", type=int, default=len(HELD_OUT), help="how many held-out photos")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated setting labels")
+    parser.add_argument("--reuse", type=Path, help="an earlier methods.json: the rows of settings not run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise SystemExit(f"error: unknown settings {unknown} (known: {', '.join(SETTINGS)})")
+    steps_list, photos = [int(s) for s in args.steps.split(",")], HELD_OUT[: args.photos]
+    old = reused_rows(args.reuse, settings, steps_list, photos) if args.reuse else []
     inv = fastinv.load(args.model, device="cpu", solver=args.solver)
-    rows = run(inv, settings, [int(s) for s in args.steps.split(",")], HELD_OUT[: args.photos])
+    order = {label: i for i, label in enumerate(SETTINGS)}
+    rows = sorted(
+        run(inv, settings, steps_list, photos) + old,
+        key=lambda r: (steps_list.index(r["steps"]), order.get(r["setting"], len(order))),
+    )
     front = pareto_front([(r["cost"], r["mean"]["psnr"]) for r in rows])
     comparison = equal_cost(rows)
     print_tables(rows, comparison, front)

@@ -123,7 +123,7 @@ def test_load_solver_errors(tmp_path: Path) -> None:
 
 
 def test_presets() -> None:
-    warm = {"default-model", "sd3-medium", "flux"}
+    warm = {"default-model", "default-model-lean", "sd3-medium", "flux"}
     assert set(PRESETS) == warm | {"default-model-paper", "sd3-medium-ref", "sd3-medium-paper", "flux-paper"}
     assert {name for name, p in PRESETS.items() if p.network is WarmStartSolver} == warm
     ref = preset("sd3-medium-ref").config
@@ -132,6 +132,8 @@ def test_presets() -> None:
     assert preset("flux-paper").config["pooled_dim"] == 768
     assert preset("flux", layers=4).config["layers"] == 4
     assert preset("default-model").config["patch_size"] == 4  # the shipped denoiser's patch
+    lean = preset("default-model-lean").config
+    assert (lean["patch_size"], lean["num_attention_heads"] * lean["attention_head_dim"]) == (8, 64)
     with pytest.raises(FastinvError, match="unknown solver preset"):
         preset("sdxl")
     with pytest.raises(FastinvError, match="unknown solver setting"):

@@ -181,6 +181,7 @@ FLUX_DEV_TARGET = Target(
 )
 TARGETS: dict[str, Target] = {
     "default-model": DEFAULT_MODEL_TARGET,
+    "default-model-lean": DEFAULT_MODEL_TARGET,
     "default-model-paper": DEFAULT_MODEL_TARGET,
     "sd3-medium": SD3_MEDIUM_TARGET,
     "sd3-medium-ref": SD3_MEDIUM_TARGET,
