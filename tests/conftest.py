@@ -3,12 +3,18 @@ solver, and the ONNX exports (`fastinv export --check`) of the tiny SD3 with tha
 model. Tracing a graph dominates the cost of a test that needs one, so every such test reads these; the
 folders are shared: read them, or copy them before changing anything.
 
+Under pytest-xdist (`-n 2`, the README's test line) these artefacts are still built once per run: the
+first worker to ask builds one under a file lock in the directory the workers share, the others wait and
+read it; each worker runs torch on one thread, so two workers fill the two cores without oversubscribing.
+
 The Hugging Face offline switches are set before anything imports ``huggingface_hub`` (it reads them at
 import time), so no test can reach the network.
 """
 
+import json
 import os
 import shutil
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,37 +22,76 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
+import torch
+from filelock import FileLock
 from tiny_models import make_tiny_flux, make_tiny_sd3
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER is not None:
+    torch.set_num_threads(1)
+
+
+def _shared(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], str]) -> tuple[Path, str]:
+    """(folder, text) of `build(folder)`, which fills the empty `folder` and returns a text to keep: once
+    per session, or under xdist once per run for all workers."""
+    if WORKER is None:
+        folder = factory.mktemp(name)
+        return folder, build(folder)
+    root = factory.getbasetemp().parent  # the workers' basetemps are its children
+    folder, record = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not record.exists():
+            if folder.exists():  # a worker that failed half-way
+                shutil.rmtree(folder)
+            folder.mkdir()
+            record.write_text(json.dumps(build(folder)))
+    return folder, json.loads(record.read_text())
+
+
+def _folder(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `build(folder)` fills, shared as `_shared` says."""
+
+    def fill(folder: Path) -> str:
+        build(folder)
+        return ""
+
+    return _shared(factory, name, fill)[0]
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Full SD3 pipeline folder: transformer, VAE, scheduler, 2x CLIP + T5 with their tokenizers."""
-    return make_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"))
+    return _folder(tmp_path_factory, "tiny_sd3", make_tiny_sd3)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3_transformer_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SD3 folder with transformer, VAE and scheduler; the text components are ``null`` entries."""
-    return make_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3_transformer_only"), text_encoders=False)
+    return _folder(
+        tmp_path_factory, "tiny_sd3_transformer_only", lambda f: make_tiny_sd3(f, text_encoders=False)
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Pixel-space SD3 folder: 3-channel transformer and scheduler only (no VAE, no text components)."""
-    return make_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3_pixel"), text_encoders=False, pixel_space=True)
+    return _folder(
+        tmp_path_factory,
+        "tiny_sd3_pixel",
+        lambda f: make_tiny_sd3(f, text_encoders=False, pixel_space=True),
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FLUX.1-schnell-like folder (no guidance embedding) with CLIP + T5."""
-    return make_tiny_flux(tmp_path_factory.mktemp("tiny_flux"))
+    return _folder(tmp_path_factory, "tiny_flux", make_tiny_flux)
 
 
 @pytest.fixture(scope="session")
 def tiny_flux_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FLUX.1-dev-like folder (``guidance_embeds=True``) with CLIP + T5."""
-    return make_tiny_flux(tmp_path_factory.mktemp("tiny_flux_dev"), guidance_embeds=True)
+    return _folder(tmp_path_factory, "tiny_flux_dev", lambda f: make_tiny_flux(f, guidance_embeds=True))
 
 
 @pytest.fixture(scope="session")
@@ -54,18 +99,19 @@ def tiny_solver_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`test_solver.tiny_solver()` (trained-looking, the tiny SD3's widths) saved as a solver folder."""
     from test_solver import tiny_solver
 
-    folder = tmp_path_factory.mktemp("tiny_solver")
-    tiny_solver().save_pretrained(folder)
-    return folder
+    return _folder(tmp_path_factory, "tiny_solver", lambda f: tiny_solver().save_pretrained(f))
 
 
-def _export(args: list[str], out: Path) -> tuple[Path, str]:
+def _export(factory: pytest.TempPathFactory, name: str, args: list[str]) -> tuple[Path, str]:
     pytest.importorskip("onnxruntime")
     from cli_runner import cli
 
-    code, stdout, stderr = cli(["export", *args, "--out", str(out), "--check"])
-    assert code == 0, stderr
-    return out, stdout
+    def export(out: Path) -> str:
+        code, stdout, stderr = cli(["export", *args, "--out", str(out), "--check"])
+        assert code == 0, stderr
+        return stdout
+
+    return _shared(factory, name, export)
 
 
 @pytest.fixture(scope="session")
@@ -75,14 +121,14 @@ def tiny_sd3_export(
     """(folder, stdout) of `fastinv export --check` of the tiny SD3 and the tiny solver: velocity.fp32.onnx
     and solver.fp32.onnx. Shared: do not write into the folder."""
     args = ["--model", str(tiny_sd3_dir), "--solver", str(tiny_solver_dir)]
-    return _export(args, tmp_path_factory.mktemp("export_tiny_sd3"))
+    return _export(tmp_path_factory, "export_tiny_sd3", args)
 
 
 @pytest.fixture(scope="session")
 def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(folder, stdout) of `fastinv export --check` of the shipped default model (its velocity graph and its
     solver's). Shared: do not write into the folder."""
-    return _export([], tmp_path_factory.mktemp("export_shipped"))
+    return _export(tmp_path_factory, "export_shipped", [])
 
 
 @pytest.fixture
