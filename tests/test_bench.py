@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import re
 import statistics
 import sys
@@ -326,9 +327,11 @@ def test_peak_memory_on_cpu_sees_a_short_allocation() -> None:
     before = memory.current_rss_mib()
     assert before is not None and before > 0
     with PeakMemory(torch.device("cpu")) as peak:
-        block = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
+        # 32 MiB of fresh pages, touched: an anonymous map, never memory the allocator already holds
+        block = mmap.mmap(-1, 32 * 2**20)
+        block.write(b"\1" * len(block))
         time.sleep(0.05)
-        del block
+        block.close()
     assert peak.mib >= before + 16
     assert "sampled" in PeakMemory.kind(torch.device("cpu"))
 
