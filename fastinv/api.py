@@ -49,7 +49,8 @@ from fastinv.runtime.weights import expect_weights
 from fastinv.sampling import SourceControl, sample_euler
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
-ImageSource = str | Path | Image.Image | np.ndarray
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
+"""An image file (its path or its bytes), a PIL image or an array."""
 MAX_STEPS = 10_000
 
 
@@ -224,7 +225,7 @@ class Inverter:
         batched call (NFE per image = the method's NFE; seconds per image = seconds / group size).
         """
         check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
-        if isinstance(images, str | Path | Image.Image | np.ndarray) or not isinstance(images, Sequence):
+        if isinstance(images, ImageSource) or not isinstance(images, Sequence):
             raise TypeError(f"invert_batch takes a list of images, got {type(images).__name__}")
         if not images:
             raise FastinvError("no images to invert")

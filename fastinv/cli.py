@@ -700,6 +700,119 @@ def bench(
     console.print(f"wrote {', '.join(str(path) for path in paths)}", markup=False, soft_wrap=True)
 
 
+@app.command()
+def serve(
+    model: ModelOption = None,
+    solver: SolverOption = None,
+    embeddings: EmbeddingsOption = None,
+    host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on (0.0.0.0: every one).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    replicas: Annotated[
+        int | None, typer.Option(help="Model replicas (default: one per GPU of the cluster, else one).")
+    ] = None,
+    address: Annotated[
+        str, typer.Option(help="'local' starts a local Ray; else a Ray cluster's address (HOST:PORT, auto).")
+    ] = "local",
+    max_batch_size: Annotated[
+        int, typer.Option(help="Inversions a replica runs together (same method, steps, prompt, size).")
+    ] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill, in ms.")] = 10.0,
+    request_timeout: Annotated[
+        float, typer.Option(help="Seconds a request waits for its replica before a 503.")
+    ] = 300.0,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    backend: BackendOption = "torch",
+    export_dir: ExportDirOption = None,
+    fast: FastOption = None,
+    compile_: CompileOption = None,
+    cuda_graphs: CudaGraphsOption = None,
+    kernels: KernelsOption = "auto",
+) -> None:
+    """Serve inversion and editing over HTTP on Ray Serve, batching concurrent requests (README: Service);
+    runs until SIGINT / SIGTERM, then shuts down what it started."""
+    import logging
+    import math
+    import time
+
+    from fastinv.ray_data import LOCAL, check_installed, check_paths, session
+
+    if not 1 <= port <= 65535:
+        raise FastinvError(f"--port must be in [1, 65535], got {port}")
+    if replicas is not None and replicas < 1:
+        raise FastinvError(f"--replicas must be at least 1, got {replicas}")
+    if max_batch_size < 1:
+        raise FastinvError(f"--max-batch-size must be at least 1, got {max_batch_size}")
+    if not math.isfinite(batch_wait_ms) or batch_wait_ms < 0:
+        raise FastinvError(f"--batch-wait-ms must be a finite number >= 0, got {batch_wait_ms}")
+    if not math.isfinite(request_timeout) or request_timeout <= 0:
+        raise FastinvError(f"--request-timeout must be a finite number > 0, got {request_timeout}")
+    if not address.strip():
+        raise FastinvError("--address needs 'local' or the address of a Ray cluster")
+    get_backend(backend)
+    check_installed("fastinv serve", "fastapi")
+    paths = {"model_dir": model, "embeddings": embeddings, "solver": solver, "export_dir": export_dir}
+    load_options = {name: None if path is None else str(path.resolve()) for name, path in paths.items()}
+    load_options |= {
+        "device": device,
+        "dtype": dtype,
+        "backend": backend,
+        "fast": fast,
+        "compile": compile_,
+        "cuda_graphs": cuda_graphs,
+        "kernels": kernels,
+    }
+    check_paths(load_options)
+    if address == LOCAL:
+        _check_port(host, port)
+    from fastinv.serve import deploy, undeploy
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # after its import, which sets INFO
+
+    console.print(
+        f"[dim]{'starting a local Ray' if address == LOCAL else f'connecting to Ray at {address}'}[/dim]"
+    )
+    with session(address):
+        try:
+            with console.status(f"loading {model or 'the shipped default model'} on the model replicas"):
+                service = deploy(
+                    load_options,
+                    host=host,
+                    port=port,
+                    replicas=replicas,
+                    max_batch_size=max_batch_size,
+                    batch_wait_s=batch_wait_ms / 1000,
+                    timeout_s=request_timeout,
+                )
+            each = ", ".join(
+                f"{name.removeprefix('num_')}={value:g}" for name, value in service.resources.items()
+            )
+            console.print(
+                f"serving at {service.url} on Ray at {service.ray_address}: {service.replicas} model "
+                f"replica(s), each {each}; batches of up to {max_batch_size}, filled for {batch_wait_ms:g} "
+                "ms. Ctrl-C or SIGTERM stops.",
+                markup=False,
+                soft_wrap=True,
+            )
+            while True:
+                time.sleep(3600)
+        finally:
+            undeploy(shutdown=address == LOCAL)
+
+
+def _check_port(host: str, port: int) -> None:
+    """One-line error, before Ray starts, when this machine cannot listen on host:port."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise FastinvError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+
+
 def _version_of(package: str) -> str:
     try:
         return version(package)

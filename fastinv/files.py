@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from fastinv.errors import one_line, reason
 from fastinv.images import pixels_to_pil
@@ -144,7 +144,7 @@ def side_by_side(panels: list[tuple[str, Image.Image]], min_height: int = 192) -
 
 def json_writer(obj: Any) -> Writer:
     """Strict JSON of `obj` (indent 2, UTF-8); see save_json."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    text = json.dumps(jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     return lambda tmp: tmp.write_text(text, encoding="utf-8")
 
 
@@ -168,16 +168,27 @@ def save_latents(path: str | Path, z: torch.Tensor, metadata: Mapping[str, Any])
 
 def latents_writer(z: torch.Tensor, metadata: Mapping[str, Any]) -> Writer:
     """The safetensors file save_latents writes."""
+    tensor, header = _latents(z, metadata)
+    return lambda tmp: save_file({LATENTS_KEY: tensor}, str(tmp), metadata=header)
+
+
+def latents_bytes(z: torch.Tensor, metadata: Mapping[str, Any]) -> bytes:
+    """The safetensors file save_latents writes, as bytes (to send rather than store)."""
+    tensor, header = _latents(z, metadata)
+    return save({LATENTS_KEY: tensor}, metadata=header)
+
+
+def _latents(z: torch.Tensor, metadata: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, str]]:
+    """(z as contiguous float32 on the CPU, the safetensors header of `metadata`) for save_latents."""
     if "format" in metadata:
         raise ValueError("metadata key 'format' is reserved")
     header: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
             raise TypeError(f"metadata keys must be str, got {key!r}")
-        header[key] = json.dumps(_jsonable(value), allow_nan=False, ensure_ascii=False)
+        header[key] = json.dumps(jsonable(value), allow_nan=False, ensure_ascii=False)
     header["format"] = LATENTS_FORMAT
-    tensor = z.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    return lambda tmp: save_file({LATENTS_KEY: tensor}, str(tmp), metadata=header)
+    return z.detach().to(device="cpu", dtype=torch.float32).contiguous(), header
 
 
 def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -210,18 +221,19 @@ def _write(path: str | Path, write: Writer) -> Path:
     return publish_files({Path(path): write})[0]
 
 
-def _jsonable(obj: Any) -> Any:
-    """Recursively convert to JSON-ready values; non-finite floats become None."""
+def jsonable(obj: Any) -> Any:
+    """`obj` as JSON-ready values, recursively (save_json's rules): non-finite floats become None, numpy and
+    torch values numbers and lists, paths strings."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if obj is None or isinstance(obj, (str, int)):
         return obj
     if isinstance(obj, Mapping):
-        return {key: _jsonable(value) for key, value in obj.items()}
+        return {key: jsonable(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(value) for value in obj]
+        return [jsonable(value) for value in obj]
     if isinstance(obj, (np.ndarray, np.generic, torch.Tensor)):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, PurePath):
         return str(obj)
     return obj

@@ -1,9 +1,11 @@
-"""Decoding images into model pixels: an image file, PIL image or array → [1,3,H,W] float32 in [-1,1].
+"""Decoding images into model pixels: an image file (a path or its bytes), PIL image or array → [1,3,H,W]
+float32 in [-1,1].
 
 Every problem with user input is raised as a one-line :class:`FastinvError` naming the file.
 `is_image_file` / `image_files` (one suffix set, IMAGE_SUFFIXES) decide which files of a folder are images.
 """
 
+import io
 import math
 import os
 import warnings
@@ -70,14 +72,15 @@ class LoadedImage:
 
 
 def load_image(
-    source: str | Path | Image.Image | np.ndarray,
+    source: str | Path | bytes | Image.Image | np.ndarray,
     *,
     multiple: int = 1,
     min_size: int = 1,
     size: tuple[int, int] | None = None,
     max_side: int | None = None,
 ) -> LoadedImage:
-    """Load an image file, PIL image or array as RGB pixels [1,3,H,W] float32 in [-1,1].
+    """Load an image file (a path, or the file's bytes), PIL image or array as RGB pixels [1,3,H,W] float32
+    in [-1,1].
 
     Any PIL-readable file (EXIF orientation applied, first frame of animations). Transparency is
     composited onto white; grayscale is replicated; 16-bit data ('I;16*', and 'I' with values in
@@ -107,8 +110,13 @@ def load_image(
     elif isinstance(source, (str, PurePath)):
         name = str(source)
         raw = _pil_to_raw(_open(Path(source), name, notes), name, notes)
+    elif isinstance(source, bytes):
+        name = "<bytes>"
+        raw = _pil_to_raw(_open(io.BytesIO(source), name, notes), name, notes)
     else:
-        raise TypeError(f"load_image expects a path, PIL image or numpy array, got {type(source).__name__}")
+        raise TypeError(
+            f"load_image expects a path, bytes, PIL image or numpy array, got {type(source).__name__}"
+        )
 
     h, w = raw.shape[:2]
     need = max(min_size, 1 if size is not None else multiple)
@@ -152,14 +160,14 @@ def _reason(exc: BaseException) -> str:
     return reason(exc)
 
 
-def _open(path: Path, name: str, notes: list[str]) -> Image.Image:
-    if not path.exists():
+def _open(file: Path | io.BytesIO, name: str, notes: list[str]) -> Image.Image:
+    if isinstance(file, Path) and not file.exists():
         raise one_line(f"image not found: {name}")
     limit = max_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below replaces it
-            img = Image.open(path)
+            img = Image.open(file)
         with img:
             width, height = img.size  # from the header: nothing decoded yet
             if width * height > limit:

@@ -18,7 +18,15 @@ from PIL import Image
 
 from fastinv import __version__
 from fastinv.errors import FastinvError
-from fastinv.files import json_writer, latents_writer, load_latents, png_writer, publish_files, side_by_side
+from fastinv.files import (
+    json_writer,
+    latents_bytes,
+    latents_writer,
+    load_latents,
+    png_writer,
+    publish_files,
+    side_by_side,
+)
 from fastinv.images import pixels_to_pil
 from fastinv.models import FlowModel
 from fastinv.results import Edit, Inversion, Reconstruction
@@ -51,6 +59,14 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
         "dtype": str(model.dtype).removeprefix("torch."),
         "run_config": None if inversion.config is None else inversion.config.record(),
     }
+
+
+def latents_file(model: FlowModel, inversion: Inversion) -> bytes:
+    """The `.zT.safetensors` file `write_outputs` writes for `inversion` (z_T and its metadata, with a run id
+    of its own), as bytes: what `fastinv serve` sends."""
+    return latents_bytes(
+        inversion.z_T.cpu(), inversion_record(model, inversion) | {RUN_ID: secrets.token_hex(8)}
+    )
 
 
 def write_outputs(
@@ -118,9 +134,27 @@ def write_edit_outputs(
         ("reconstruction", reconstruction.image),
         (f"edit: {edit.target_prompt}", edit.edited.image),
     ]
-    record = (
+    record = edit_record(model, edit, metrics, run[RUN_ID])
+    publish_files(
+        {
+            out / f"{stem}.source.png": png_writer(source, run),
+            out / f"{stem}.edit.png": png_writer(edit.edited.image, run),
+            out / f"{stem}.side_by_side.png": png_writer(side_by_side(panels), run),
+            out / f"{stem}.edit.json": json_writer(record),
+        }
+    )
+    return record
+
+
+def edit_record(
+    model: FlowModel, edit: Edit, metrics: dict[str, dict[str, Any]], run_id: str
+) -> dict[str, Any]:
+    """The `.edit.json` record of `edit` (`write_edit_outputs`): the inversion's provenance, the edit's
+    settings, NFE, seconds and `metrics`."""
+    inversion = edit.inversion
+    return (
         inversion_record(model, inversion)
-        | run
+        | {RUN_ID: run_id}
         | {
             "target_prompt": edit.target_prompt,
             "edit_guidance": edit.guidance,
@@ -136,12 +170,3 @@ def write_edit_outputs(
             "metrics": metrics,
         }
     )
-    publish_files(
-        {
-            out / f"{stem}.source.png": png_writer(source, run),
-            out / f"{stem}.edit.png": png_writer(edit.edited.image, run),
-            out / f"{stem}.side_by_side.png": png_writer(side_by_side(panels), run),
-            out / f"{stem}.edit.json": json_writer(record),
-        }
-    )
-    return record

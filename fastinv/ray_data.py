@@ -32,10 +32,11 @@ LOCAL = "local"
 """The --ray value that starts a Ray of its own on this machine for the run."""
 
 
-def check_installed() -> None:
-    """A one-line error naming the install command when Ray is missing (without importing it)."""
-    if importlib.util.find_spec("ray") is None:
-        raise FastinvError(f"--ray needs Ray, which is not installed: {INSTALL}")
+def check_installed(needed_by: str = "--ray", *modules: str) -> None:
+    """A one-line error naming the install command when Ray, or another of the `modules` it brings (e.g.
+    Serve's fastapi), is missing (without importing them)."""
+    if any(importlib.util.find_spec(module) is None for module in ("ray", *modules)):
+        raise FastinvError(f"{needed_by} needs Ray, which is not installed: {INSTALL}")
 
 
 def check_paths(load_options: dict[str, Any]) -> None:
@@ -169,15 +170,16 @@ def _rows(dataset: Any) -> Iterator[dict[str, Any]]:
     try:
         yield from dataset.iter_rows()
     except Exception as err:
-        raise FastinvError(f"the Ray run failed: {_cause(err)}") from err
+        raise FastinvError(f"the Ray run failed: {failure_cause(err)}") from err
 
 
 _FASTINV_ERROR = f"{FastinvError.__module__}.{FastinvError.__qualname__}: "
 
 
-def _cause(err: BaseException) -> str:
-    """Why a Ray run failed, on one line: a worker's FastinvError message where the exception chain holds one
-    (Ray passes an actor's error on as the text of its traceback), else the last line of Ray's message."""
+def failure_cause(err: BaseException) -> str:
+    """Why a Ray run (or a Serve deployment) failed, on one line: a worker's FastinvError message where the
+    exception chain holds one (Ray passes an actor's error on as the text of its traceback), else the last
+    line of Ray's message."""
     chain: list[BaseException] = []
     link: BaseException | None = err
     while link is not None and link not in chain:

@@ -3,9 +3,10 @@ solver, and the ONNX exports (`fastinv export --check`) of the tiny SD3 with tha
 model. Tracing a graph dominates the cost of a test that needs one, so every such test reads these; the
 folders are shared: read them, or copy them before changing anything.
 
-Under pytest-xdist (`-n 2`, the README's test line) these artefacts are still built once per run: the
-first worker to ask builds one under a file lock in the directory the workers share, the others wait and
-read it; each worker runs torch on one thread, so two workers fill the two cores without oversubscribing.
+Under pytest-xdist (`-n 2 --dist loadfile`, the README's test line, so a file's module fixtures run once)
+these artefacts are still built once per run: the first worker to ask builds one under a file lock in the
+directory the workers share, the others wait and read it; each worker runs torch on one thread, so two
+workers fill the two cores without oversubscribing.
 
 The Hugging Face offline switches are set before anything imports ``huggingface_hub`` (it reads them at
 import time), so no test can reach the network.

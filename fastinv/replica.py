@@ -1,0 +1,121 @@
+"""The model replica of `fastinv serve` (`fastinv.serve` holds the HTTP contract and deploys it).
+
+Each replica loads one `Inverter`, once. It checks a request (`InvertRequest.check`, `EditRequest.check`)
+and decodes its image file before any model work. `@serve.batch` collects the inversions that arrive
+together, and `invert_groups` inverts those that share a method, step count, prompt, guidance and image size
+in one batched call (`pipeline.invert_images`); the z_T file, the reconstruction, its scores and edits then
+run per request, off the replica's event loop.
+"""
+
+import asyncio
+import base64
+import io
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+from ray import serve
+
+from fastinv.api import Inverter, load
+from fastinv.files import jsonable
+from fastinv.images import LoadedImage
+from fastinv.outputs import edit_record, latents_file
+from fastinv.pipeline import EditJob, InversionJob, edit_image, invert_images, reconstruct_and_score
+from fastinv.results import Inversion
+from fastinv.serve import EditRequest, InvertRequest
+
+
+def invert_groups(
+    inverter: Inverter, pending: Sequence[tuple[LoadedImage, InversionJob]]
+) -> list[tuple[Inversion, int] | Exception]:
+    """Invert the requests collected in one batch: those with one method, step count, prompt, guidance and
+    image size share a batched call (`pipeline.invert_images`). Returns each request's (inversion, size of its
+    call) in order, or the exception its call raised (a failure stays within its call)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, (picture, job) in enumerate(pending):
+        key = (job.method, job.steps, job.prompt, job.guidance, tuple(picture.pixels.shape))
+        groups.setdefault(key, []).append(index)
+    outcomes: dict[int, tuple[Inversion, int] | Exception] = {}
+    for indices in groups.values():
+        try:
+            inversions = invert_images(inverter, [pending[i][0] for i in indices], pending[indices[0]][1])
+        except Exception as err:
+            for i in indices:
+                outcomes[i] = err
+            continue
+        for i, inversion in zip(indices, inversions, strict=True):
+            outcomes[i] = (inversion, len(indices))
+    return [outcomes[index] for index in range(len(pending))]
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _png(image: Image.Image) -> str:
+    """`image` as a base64 PNG file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return _base64(buffer.getvalue())
+
+
+@serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5)
+class Inversions:
+    """A model replica: `fastinv.load(**load_options)` once, then inversions batched `max_batch_size` at a
+    time (waiting at most `batch_wait_s` for a batch to fill) and edits."""
+
+    def __init__(self, load_options: dict[str, Any], max_batch_size: int, batch_wait_s: float) -> None:
+        self.inverter = load(**load_options)
+        self._invert_together.set_max_batch_size(max_batch_size)
+        self._invert_together.set_batch_wait_timeout_s(batch_wait_s)
+
+    async def ready(self) -> bool:
+        """True: a replica answers once its constructor has loaded the model."""
+        return True
+
+    async def invert(self, body: bytes, request: InvertRequest) -> dict[str, Any]:
+        """POST /v1/invert's answer for the image file `body`."""
+        request.check()
+        picture = await asyncio.to_thread(self.inverter.prepare_image, body)
+        method = self.inverter.resolve_method(request.method)
+        job = InversionJob(request.prompt, method, request.steps, request.guidance)
+        outcome = await self._invert_together((picture, job))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return await asyncio.to_thread(self._inversion_answer, *outcome, request.reconstruct)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _invert_together(
+        self, pending: list[tuple[LoadedImage, InversionJob]]
+    ) -> list[tuple[Inversion, int] | Exception]:
+        return await asyncio.to_thread(invert_groups, self.inverter, pending)
+
+    def _inversion_answer(self, inversion: Inversion, batch: int, reconstruct: bool) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "z_T": _base64(latents_file(self.inverter.model, inversion)),
+            "nfe": inversion.result.nfe,
+            "seconds": inversion.result.seconds,
+            "method": inversion.method,
+            "steps": inversion.steps,
+            "batch": batch,
+        }
+        if reconstruct:
+            reconstruction, metrics = reconstruct_and_score(self.inverter, inversion)
+            answer |= {"metrics": metrics, "reconstruction_png": _png(reconstruction.image)}
+        return jsonable(answer)
+
+    async def edit(self, body: bytes, request: EditRequest) -> dict[str, Any]:
+        """POST /v1/edit's answer for the image file `body`."""
+        request.check()
+        return await asyncio.to_thread(self._edit, body, request)
+
+    def _edit(self, body: bytes, request: EditRequest) -> dict[str, Any]:
+        picture = self.inverter.prepare_image(body)
+        job = InversionJob(request.source_prompt, request.method, request.steps, request.inversion_guidance)
+        target = EditJob(
+            request.target_prompt, request.guidance, request.strength, request.stop, request.start
+        )
+        run = edit_image(self.inverter, picture, job, target)
+        record = edit_record(self.inverter.model, run.edit, run.metrics, secrets.token_hex(8))
+        return jsonable({"edit_png": _png(run.edit.edited.image), "record": record})
