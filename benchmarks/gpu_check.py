@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import platform
@@ -133,7 +134,7 @@ def env(args: argparse.Namespace) -> int:
     }
     for name in ("fastinv", "fastinv.kernels", "fastinv.export", "fastinv.kernels.triton_glue"):
         try:
-            module = __import__(name, fromlist=["_"])
+            module = importlib.import_module(name)
             record["imports"][name] = getattr(module, "__file__", None)
         except Exception as error:  # recorded: the later steps say what fails
             record["imports"][name] = f"error: {type(error).__name__}: {error}"

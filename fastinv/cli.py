@@ -113,6 +113,35 @@ KernelsOption = Annotated[
 ]
 
 
+def _load_options(
+    model: Path | None,
+    device: str,
+    dtype: str,
+    embeddings: Path | None,
+    solver: Path | None,
+    backend: str,
+    export_dir: Path | None,
+    fast: bool | None,
+    compile_: bool | None,
+    cuda_graphs: bool | None,
+    kernels: str,
+) -> dict[str, Any]:
+    """The keyword arguments of `fastinv.load` that the commands' model options give."""
+    return {
+        "model_dir": model,
+        "device": device,
+        "dtype": dtype,
+        "embeddings": embeddings,
+        "solver": solver,
+        "backend": backend,
+        "export_dir": export_dir,
+        "fast": fast,
+        "compile": compile_,
+        "cuda_graphs": cuda_graphs,
+        "kernels": kernels,
+    }
+
+
 def _quiet_libraries() -> None:
     """Keep diffusers/transformers load chatter (progress bars, optional-backend notices) off the terminal."""
     from diffusers.utils import logging as diffusers_logging
@@ -212,19 +241,9 @@ def invert(
         record for record in (completed(out, item, settings) for item in items) if record is not None
     )
     pending = [item for item in items if item.index not in manifest.outcomes]
-    load_options = {
-        "model_dir": model,
-        "device": device,
-        "dtype": dtype,
-        "embeddings": embeddings,
-        "solver": solver,
-        "backend": backend,
-        "export_dir": export_dir,
-        "fast": fast,
-        "compile": compile_,
-        "cuda_graphs": cuda_graphs,
-        "kernels": kernels,
-    }
+    load_options = _load_options(
+        model, device, dtype, embeddings, solver, backend, export_dir, fast, compile_, cuda_graphs, kernels
+    )
     title = ""
     try:
         if pending and ray is None:
@@ -401,20 +420,11 @@ def edit(
     get_backend(backend).check_method(method)
     _check_out(out)
     options = parse_options(method, set_ or [])
+    load_options = _load_options(
+        model, device, dtype, embeddings, solver, backend, export_dir, fast, compile_, cuda_graphs, kernels
+    )
     with console.status(f"loading {model or 'the shipped default model'}"):
-        inverter = load(
-            model,
-            device=device,
-            dtype=dtype,
-            embeddings=embeddings,
-            solver=solver,
-            backend=backend,
-            export_dir=export_dir,
-            fast=fast,
-            compile=compile_,
-            cuda_graphs=cuda_graphs,
-            kernels=kernels,
-        )
+        inverter = load(**load_options)
     method = inverter.resolve_method(method)
     picture = inverter.prepare_image(image)
     for note in [*inverter.model.notes, *picture.notes]:
@@ -753,17 +763,12 @@ def serve(
         raise FastinvError("--address needs 'local' or the address of a Ray cluster")
     get_backend(backend)
     check_installed("fastinv serve", "fastapi")
-    paths = {"model_dir": model, "embeddings": embeddings, "solver": solver, "export_dir": export_dir}
-    load_options = {name: None if path is None else str(path.resolve()) for name, path in paths.items()}
-    load_options |= {
-        "device": device,
-        "dtype": dtype,
-        "backend": backend,
-        "fast": fast,
-        "compile": compile_,
-        "cuda_graphs": cuda_graphs,
-        "kernels": kernels,
-    }
+    load_options = _load_options(
+        model, device, dtype, embeddings, solver, backend, export_dir, fast, compile_, cuda_graphs, kernels
+    )
+    for name in ("model_dir", "embeddings", "solver", "export_dir"):  # the replicas' working folder differs
+        if load_options[name] is not None:
+            load_options[name] = str(load_options[name].resolve())
     check_paths(load_options)
     if address == LOCAL:
         _check_port(host, port)
