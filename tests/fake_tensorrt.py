@@ -1,24 +1,25 @@
-"""A stand-in for the `tensorrt` module: the attributes fastinv uses, recording every call, so the engine
-build and runtime binding code run on CPU without TensorRT.
-
-The fake builder serializes the ONNX path it parsed; the fake runtime turns that back into an engine
-whose IO is the graph spec's and whose context really executes: on `execute_async_v3` it reads the inputs
-from the addresses given to `set_tensor_address` (with the shapes given to `set_input_shape`), runs
-`kernel` on them and writes the result to the output's address. Wrong pointers give wrong numbers.
+"""A stand-in for what running a TensorRT engine needs a GPU for: the runtime, engine and execution context
+fastinv uses, recording every call, so the runtime binding code runs on CPU. Engines are built for real
+(TensorRT-RTX, ahead of time): the fake runtime deserializes a registered engine into one whose IO is its
+sidecar's graph spec and whose context really executes: on `execute_async_v3` it reads the inputs from the
+addresses given to `set_tensor_address` (with the shapes given to `set_input_shape`), runs `kernel` on them
+and writes the result to the output's address. Wrong pointers give wrong numbers.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
+import hashlib
 import math
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from fastinv.runtime.spec import GraphSpec, read_spec
+from fastinv.runtime.spec import GraphSpec
+from fastinv.runtime.tensorrt.cache import read_facts
 
 
 class Member:
@@ -46,7 +47,9 @@ def tensor_at(address: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class FakeTensorRT:
-    """`import tensorrt` as far as fastinv is concerned. calls: (what, *args) in call order."""
+    """A TensorRT library's runtime as far as fastinv runs engines: `import tensorrt_rtx` (or `tensorrt`)
+    gives it. calls: (what, *args) in call order; `register(engine)` makes a really built engine (its
+    sidecar's graph spec) deserializable."""
 
     class Logger:
         WARNING = "WARNING"
@@ -54,123 +57,32 @@ class FakeTensorRT:
         def __init__(self, severity: str) -> None:
             self.severity = severity
 
-    def __init__(self, version: str = "10.3.0", *, strongly_typed: bool = True) -> None:
+    def __init__(self, version: str) -> None:
         self.__version__ = version
         self.calls: list[tuple[Any, ...]] = []
         self.kernel: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
-        self.parse_errors: list[str] = []
-        self.build_fails = False
-        self.NetworkDefinitionCreationFlag = enum("STRONGLY_TYPED") if strongly_typed else enum()
-        self.MemoryPoolType = enum("WORKSPACE")
+        self.engines: dict[str, GraphSpec] = {}
         self.TensorIOMode = enum("NONE", "INPUT", "OUTPUT")
         self.DataType = enum("FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64")
 
     def named(self, what: str) -> list[tuple[Any, ...]]:
         return [call[1:] for call in self.calls if call[0] == what]
 
-    def Builder(self, logger: Logger) -> FakeBuilder:
-        return FakeBuilder(self)
-
-    def OnnxParser(self, network: SimpleNamespace, logger: Logger) -> FakeParser:
-        return FakeParser(self, network)
+    def register(self, engine: Path) -> Path:
+        self.engines[hashlib.sha256(engine.read_bytes()).hexdigest()] = read_facts(engine).graph_spec(engine)
+        return engine
 
     def Runtime(self, logger: Logger) -> FakeRuntime:
         return FakeRuntime(self)
-
-
-class FakeBuilder:
-    def __init__(self, trt: FakeTensorRT) -> None:
-        self.trt = trt
-
-    def create_network(self, flags: int) -> SimpleNamespace:
-        self.trt.calls.append(("create_network", flags))
-        return SimpleNamespace(onnx=None)
-
-    def create_builder_config(self) -> FakeConfig:
-        return FakeConfig(self.trt)
-
-    def create_optimization_profile(self) -> FakeProfile:
-        return FakeProfile(self.trt)
-
-    def build_serialized_network(self, network: SimpleNamespace, config: FakeConfig) -> bytes | None:
-        self.trt.calls.append(("build_serialized_network", network.onnx))
-        return None if self.trt.build_fails else json.dumps({"onnx": network.onnx}).encode()
-
-
-class FakeParser:
-    def __init__(self, trt: FakeTensorRT, network: SimpleNamespace) -> None:
-        self.trt, self.network = trt, network
-
-    @property
-    def num_errors(self) -> int:
-        return len(self.trt.parse_errors)
-
-    def parse_from_file(self, path: str) -> bool:
-        self.trt.calls.append(("parse_from_file", path))
-        self.network.onnx = path
-        return not self.trt.parse_errors
-
-    def get_error(self, index: int) -> SimpleNamespace:
-        return SimpleNamespace(desc=lambda: self.trt.parse_errors[index])
-
-
-class FakeTimingCache:
-    def __init__(self, data: bytes) -> None:
-        self.data = data + b"+timed"
-
-    def serialize(self) -> bytes:
-        return self.data
-
-
-class FakeConfig:
-    def __init__(self, trt: FakeTensorRT) -> None:
-        self.trt = trt
-        self.cache: FakeTimingCache | None = None
-
-    @property
-    def builder_optimization_level(self) -> int:
-        raise AttributeError("write-only in this fake")
-
-    @builder_optimization_level.setter
-    def builder_optimization_level(self, level: int) -> None:
-        self.trt.calls.append(("builder_optimization_level", level))
-
-    def set_memory_pool_limit(self, pool: Member, size: int) -> None:
-        self.trt.calls.append(("set_memory_pool_limit", pool.name, size))
-
-    def create_timing_cache(self, data: bytes) -> FakeTimingCache:
-        self.trt.calls.append(("create_timing_cache", bytes(data)))
-        return FakeTimingCache(bytes(data))
-
-    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
-        self.trt.calls.append(("set_timing_cache", ignore_mismatch))
-        self.cache = cache
-        return True
-
-    def get_timing_cache(self) -> FakeTimingCache | None:
-        return self.cache
-
-    def add_optimization_profile(self, profile: FakeProfile) -> int:
-        self.trt.calls.append(("add_optimization_profile", dict(profile.shapes)))
-        return 0
-
-
-class FakeProfile:
-    def __init__(self, trt: FakeTensorRT) -> None:
-        self.trt = trt
-        self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
-
-    def set_shape(self, name: str, low: tuple[int, ...], opt: tuple[int, ...], high: tuple[int, ...]) -> None:
-        self.trt.calls.append(("set_shape", name, low, opt, high))
-        self.shapes[name] = (low, opt, high)
 
 
 class FakeRuntime:
     def __init__(self, trt: FakeTensorRT) -> None:
         self.trt = trt
 
-    def deserialize_cuda_engine(self, blob: bytes) -> FakeEngine:
-        return FakeEngine(self.trt, read_spec(json.loads(blob)["onnx"]))
+    def deserialize_cuda_engine(self, blob: bytes) -> FakeEngine | None:
+        spec = self.trt.engines.get(hashlib.sha256(blob).hexdigest())
+        return None if spec is None else FakeEngine(self.trt, spec)
 
 
 class FakeEngine:

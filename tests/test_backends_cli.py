@@ -159,9 +159,10 @@ def test_export_dir_errors(
             "was exported for a sd3 model, not flux"
         ),
         (*ort, str(export_dir)): "exported for another model: config differs in",
-        ("--backend", "trt", "--export-dir", str(export_dir)): "the trt backend needs NVIDIA TensorRT",
+        ("--backend", "trt", "--export-dir", str(export_dir)): "the trt backend needs TensorRT",
     }
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as here, also where TensorRT is installed
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if neither TensorRT library were installed
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     for extra, message in cases.items():
         code, _, stderr = cli(["invert", str(photo), "--steps", "1", "--device", "cpu", *extra])
         assert code == 2, (extra, stderr)
@@ -180,9 +181,10 @@ def test_export_errors(
     """Bad options and a missing TensorRT are refused before any work; a failed --check exits 2 (checking
     the tiny SD3's graphs, which memoised_export copies from the session's export of the same model)."""
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     out = tmp_path / "out"
     cases = {
-        ("--format", "trt"): "the trt backend needs NVIDIA TensorRT ≥ 10 and a CUDA GPU",
+        ("--format", "trt"): "the trt backend needs TensorRT (datacenter GPUs: pip install tensorrt) or",
         ("--format", "tflite"): "unknown format 'tflite'",
         ("--precision", "fp8"): "unknown precision 'fp8'",
         ("--batch", "4:2:1"): "--batch '4:2:1': give MIN:OPT:MAX",
@@ -203,6 +205,7 @@ def test_export_errors(
 
 def test_info_lists_the_backends_that_import(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     code, stdout, _ = cli(["info"])
     row = next(line for line in stdout.splitlines() if "backends" in line)
     assert code == 0 and "torch, ort" in row and "trt" not in row

@@ -405,7 +405,8 @@ def test_bench_images_follow_the_shared_image_rule(tmp_path: Path) -> None:
 
 def test_bench_errors_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad options are one `error:` line, exit 2, and nothing written."""
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as here, also where TensorRT is installed
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if neither TensorRT library were installed
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
@@ -413,7 +414,7 @@ def test_bench_errors_before_any_work(tmp_path: Path, monkeypatch: pytest.Monkey
     cases = {
         ("--methods", "euler,magic"): "unknown method 'magic'",
         ("--backends", "torch,gpu"): "unknown backend 'gpu'",
-        ("--backends", "trt"): "the trt backend needs NVIDIA TensorRT",
+        ("--backends", "trt"): "the trt backend needs TensorRT",
         ("--export-dir", str(tmp_path)): "--export-dir is for the ort and trt backends",
         ("--backends", "ort", "--export-dir", str(tmp_path / "absent")): "export folder not found",
         ("--backends", "ort", "--export-dir", str(empty)): r"no velocity.fp32.onnx in",

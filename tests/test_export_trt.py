@@ -1,9 +1,8 @@
-"""TensorRT engines without TensorRT: profiles, the engine cache and its load-time checks, the dtype table
-and binding as plain functions, and the build and runtime code paths against a fake `tensorrt` module
-(tests/fake_tensorrt.py) whose engine really reads and writes the bound torch tensors.
-
-Graph files here carry a real GraphSpec (that of the tiny SD3 and the tiny solver) around an Identity
-node: nothing is traced, so the module runs in seconds.
+"""TensorRT engines on a CPU: profiles, the engine cache and its load-time checks, the dtype table and
+binding as plain functions, and the runtime code path on engines really built (TensorRT-RTX, ahead of time
+for sm_89, from the tiny SD3's exported graphs) but run by a fake runtime (tests/fake_tensorrt.py: running
+needs a GPU) whose engine really reads and writes the bound torch tensors. The real builds themselves are
+checked in test_tensorrt_rtx.py.
 """
 
 from __future__ import annotations
@@ -11,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 
 from fake_tensorrt import FakeTensorRT  # noqa: E402
-from fastinv.export.graphs import solver_graph, velocity_graph  # noqa: E402
-from fastinv.export.tensorrt import build_engine, network_flags, timing_cache_path  # noqa: E402
+from fastinv.export.graphs import velocity_graph  # noqa: E402
+from fastinv.export.tensorrt import build_engine, network_flags  # noqa: E402
 from test_solver import TINY, tiny_solver  # noqa: E402
 
 from fastinv.conditioning import Conditioning  # noqa: E402
@@ -32,6 +33,7 @@ from fastinv.models.base import FlowModel  # noqa: E402
 from fastinv.models.loading import load_model  # noqa: E402
 from fastinv.runtime.spec import GraphSpec  # noqa: E402
 from fastinv.runtime.tensorrt import engine as trt_runtime  # noqa: E402
+from fastinv.runtime.tensorrt import library as trt_library  # noqa: E402
 from fastinv.runtime.tensorrt.cache import (  # noqa: E402
     EngineFacts,
     check_built_for,
@@ -48,7 +50,6 @@ from fastinv.runtime.tensorrt.engine import (  # noqa: E402
     TrtVelocity,
     bind,
     engine_io,
-    tensorrt_module,
     torch_dtype,
     trt_dtype,
 )
@@ -79,17 +80,51 @@ def spec_onnx(path: Path, spec: GraphSpec) -> Path:
     return path
 
 
-@pytest.fixture
-def velocity_onnx(tiny: FlowModel, tmp_path: Path) -> Path:
-    return spec_onnx(tmp_path / "velocity.fp32.onnx", velocity_graph(tiny).spec("fp32", tiny.name))
+ARCH = "sm_89"
+SOLVER_PROFILE = Profile(
+    {"batch": (1, 1, 2), "text": (5, 5, 5), "height": (8, 8, 8), "width": (8, 8, 8)}, VAE
+)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_sd3_export: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with copies of the tiny SD3's velocity.fp32.onnx and solver.fp32.onnx and their engines,
+    really built ahead of time for sm_89: velocity for `_profile()` and for a narrow 64 px one, solver for
+    SOLVER_PROFILE. Copy it (`engines`) before changing anything."""
+    pytest.importorskip("tensorrt_rtx")
+    folder = tmp_path_factory.mktemp("built")
+    for name in ("velocity.fp32.onnx", "solver.fp32.onnx"):
+        shutil.copy2(tiny_sd3_export[0] / name, folder / name)
+    velocity = folder / "velocity.fp32.onnx"
+    for profile in (_profile(), _narrow()):
+        build_engine(velocity, profile, gpu_arch=ARCH, optimization_level=0)
+    build_engine(folder / "solver.fp32.onnx", SOLVER_PROFILE, gpu_arch=ARCH, optimization_level=0)
+    return folder
 
 
 @pytest.fixture
-def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
-    """`import tensorrt` gives the fake; the two CUDA queries answer for an sm_90 GPU and stream 1234."""
-    fake = FakeTensorRT("10.3.0")
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_runtime, "device_facts", lambda device: ("sm_90", "Fake H100"))
+def engines(built: Path, tmp_path: Path) -> Path:
+    """This test's copy of `built` (mtimes kept, so the engines stay fresh)."""
+    return Path(shutil.copytree(built, tmp_path / "engines"))
+
+
+def engine_for(folder: Path, stem: str, profile: Profile) -> Path:
+    """The engine built for `profile` among `folder`'s `<stem>.*.engine`."""
+    found = [e for e in folder.glob(f"{stem}.*.engine") if read_facts(e).profile == profile]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture
+def fake_trt(engines: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
+    """`import tensorrt_rtx` gives a fake runtime of the same version that runs `engines`' engines; the two
+    CUDA queries answer for an sm_89 GPU and stream 1234."""
+    fake = FakeTensorRT(trt_library.import_library(trt_library.TENSORRT_RTX).version)
+    for engine in engines.glob("*.engine"):
+        fake.register(engine)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", fake)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # datacenter TensorRT: not installed
+    monkeypatch.setattr(trt_library, "device_facts", lambda device: (ARCH, "Fake RTX 4090"))
     monkeypatch.setattr(trt_runtime, "cuda_stream", lambda device: 1234)
     return fake
 
@@ -97,6 +132,11 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
 def _profile() -> Profile:
     """batch 1..2, text 4..9, sides 64..256 px."""
     return Profile({"batch": (1, 1, 2), "text": (4, 9, 9), "height": (8, 16, 32), "width": (8, 16, 32)}, VAE)
+
+
+def _narrow() -> Profile:
+    """_profile() at 64 px only."""
+    return Profile({**_profile().axes, "height": (8, 8, 8), "width": (8, 8, 8)}, VAE)
 
 
 def _cond(model: FlowModel, length: int = 9, guidance: float = 3.0) -> Conditioning:
@@ -178,17 +218,18 @@ def test_profile_check_sizes_and_json() -> None:
 
 
 def test_engine_key_covers_every_fact(tmp_path: Path) -> None:
-    base = ("a" * 64, "10.3.0", "sm_90", _profile(), "fp32")
+    base = ("a" * 64, "tensorrt", "10.3.0", "sm_90", _profile(), "fp32")
     key = engine_key(*base)
     assert len(key) == 64 and engine_key(*base) == key
     variants = [
         ("b" * 64, *base[1:]),
-        (base[0], "10.8.0", *base[2:]),
-        (*base[:2], "sm_80", *base[3:]),
-        (*base[:3], Profile({**_profile().axes, "batch": (1, 2, 4)}, VAE), base[4]),
-        (*base[:4], "bf16"),
+        (base[0], "tensorrt_rtx", *base[2:]),
+        (*base[:2], "10.8.0", *base[3:]),
+        (*base[:3], "sm_80", *base[4:]),
+        (*base[:4], Profile({**_profile().axes, "batch": (1, 2, 4)}, VAE), base[5]),
+        (*base[:5], "bf16"),
     ]
-    assert len({engine_key(*variant) for variant in variants} | {key}) == 6
+    assert len({engine_key(*variant) for variant in variants} | {key}) == 7
     assert engine_path(tmp_path, "velocity.fp32", key) == tmp_path / f"velocity.fp32.{key[:16]}.engine"
 
 
@@ -198,6 +239,7 @@ def _facts(**changes: object) -> EngineFacts:
         "onnx_sha256": "a" * 64,
         "onnx_size": 1,
         "onnx_mtime_ns": 1,
+        "library": "tensorrt",
         "tensorrt": "10.3.0",
         "compute_capability": "sm_90",
         "device_name": "Fake H100",
@@ -223,11 +265,16 @@ def test_engine_written_atomically_with_a_sidecar(tmp_path: Path) -> None:
 
 def test_load_checks_name_what_mismatched(tmp_path: Path) -> None:
     facts, path = _facts(), tmp_path / "velocity.fp32.0123.engine"
-    check_built_for(facts, path, tensorrt="10.3.0", compute_capability="sm_90")
-    with pytest.raises(FastinvError, match=r"engine built for TensorRT 10\.3\.0, this is 10\.8\.0"):
-        check_built_for(facts, path, tensorrt="10.8.0", compute_capability="sm_90")
-    with pytest.raises(FastinvError, match=r"built for sm_90 \(Fake H100\), this GPU is sm_80"):
-        check_built_for(facts, path, tensorrt="10.3.0", compute_capability="sm_80")
+    here = {"tensorrt": "10.3.0", "tensorrt_rtx": "1.7.1.116"}
+    check_built_for(facts, path, versions=here, compute_capability="sm_90")
+    with pytest.raises(FastinvError, match=r"engine built by TensorRT 10\.3\.0, this has TensorRT 10\.8\.0"):
+        check_built_for(facts, path, versions={"tensorrt": "10.8.0"}, compute_capability="sm_90")
+    with pytest.raises(FastinvError, match=r"engine built by TensorRT 10\.3\.0, which is not here"):
+        check_built_for(facts, path, versions={"tensorrt_rtx": "10.3.0"}, compute_capability="sm_90")
+    with pytest.raises(
+        FastinvError, match=r"built for sm_90 \(Fake H100\), this GPU is sm_80: .* or with --gpu"
+    ):
+        check_built_for(facts, path, versions=here, compute_capability="sm_80")
 
 
 def test_dtype_table(fake_trt: FakeTensorRT) -> None:
@@ -267,73 +314,41 @@ def test_bind_gives_the_tensors_own_pointers() -> None:
         bind(io, {"a": a, "b": b}, {"out": (-1, 5)}, torch.device("cpu"))
 
 
-def test_tensorrt_missing_or_too_old(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorrt_libraries_missing_or_too_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which library builds and runs what, and one line when it is missing or too old."""
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ImportError
-    with pytest.raises(FastinvError, match="needs NVIDIA TensorRT ≥ 10 and a CUDA GPU") as err:
-        tensorrt_module()
+    with pytest.raises(FastinvError, match=r"needs TensorRT \(pip install tensorrt\)") as err:
+        trt_library.import_library("tensorrt")
     assert "\n" not in str(err.value)
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("8.6.1"))
     with pytest.raises(FastinvError, match=r"TensorRT 8\.6\.1 is too old"):
-        tensorrt_module()
-
-
-def test_build_config_calls_and_the_cache(fake_trt: FakeTensorRT, velocity_onnx: Path) -> None:
-    """One build: strongly typed network, parsed from the file, workspace and level set, one profile with
-    every dynamic input's shapes, timing cache created empty and saved; then the cache is reused."""
-    profile = plan_profile(
-        GraphSpec.from_metadata(
-            {p.key: p.value for p in onnx.load(str(velocity_onnx)).metadata_props}, velocity_onnx
-        ),
-        batch=(1, 1, 2),
-        size=(64, 128, 256),
-        text=(4, 9, 9),
-        scale=VAE,
-    )
-    built = build_engine(velocity_onnx, profile, workspace=1 << 30, optimization_level=2)
-    assert built.built and built.path.name.startswith("velocity.fp32.") and built.path.suffix == ".engine"
-    assert fake_trt.named("create_network") == [(1 << 0,)]
-    assert fake_trt.named("parse_from_file") == [(str(velocity_onnx),)]
-    assert fake_trt.named("set_memory_pool_limit") == [("WORKSPACE", 1 << 30)]
-    assert fake_trt.named("builder_optimization_level") == [(2,)]
-    assert fake_trt.named("create_timing_cache") == [(b"",)] and fake_trt.named("set_timing_cache") == [
-        (False,)
+        trt_library.import_library("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("10.3.0"))
+    rtx = FakeTensorRT("1.7.1.116")
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    assert trt_library.installed_versions() == {"tensorrt": "10.3.0", "tensorrt_rtx": "1.7.1.116"}
+    assert trt_library.for_device("sm_89").name == "tensorrt_rtx"  # workstation GPUs: TensorRT-RTX
+    assert trt_library.for_device("sm_90").name == "tensorrt"  # H100/H200: TensorRT
+    assert trt_library.for_arch("sm_120").module is rtx
+    with pytest.raises(FastinvError, match=r"--gpu-arch sm_90: TensorRT-RTX builds ahead of time for sm_75"):
+        trt_library.for_arch("sm_90")
+    assert [trt_library.parse_arch(a) for a in ("sm89", "sm_89", "89", "8.9", "SM120")] == [
+        *["sm_89"] * 4,
+        "sm_120",
     ]
-    assert fake_trt.named("set_shape") == [
-        ("latents", (1, 4, 8, 8), (1, 4, 16, 16), (2, 4, 32, 32)),
-        ("sigma", (1,), (1,), (2,)),
-        ("prompt_embeds", (1, 4, 48), (1, 9, 48), (2, 9, 48)),
-        ("pooled_embeds", (1, 40), (1, 40), (2, 40)),
-    ]
-    assert len(fake_trt.named("add_optimization_profile")) == 1
-    facts = read_facts(built.path)
-    assert (facts.tensorrt, facts.compute_capability, facts.precision) == ("10.3.0", "sm_90", "fp32")
-    assert facts.profile == profile and facts.key.startswith(built.path.name.split(".")[2])
-    assert facts.builder == {"workspace": 1 << 30, "optimization_level": 2}
-    timing = timing_cache_path(velocity_onnx.parent, "10.3.0", "sm_90")
-    assert timing.read_bytes() == b"+timed"
-
-    fake_trt.calls.clear()
-    again = build_engine(velocity_onnx, profile)
-    assert not again.built and again.path == built.path and fake_trt.calls == []  # cache hit: no build
-    rebuilt = build_engine(velocity_onnx, profile, rebuild=True)
-    assert rebuilt.built and fake_trt.named("create_timing_cache") == [(b"+timed",)]  # round trip
-    assert fake_trt.named("set_memory_pool_limit") == []  # no limit asked for: TensorRT's default
-    wider = build_engine(velocity_onnx, Profile({**profile.axes, "batch": (1, 2, 4)}, VAE))
-    assert wider.built and wider.path != built.path
-    assert not [p for p in velocity_onnx.parent.iterdir() if p.name.startswith(".")]
+    with pytest.raises(FastinvError, match="--gpu-arch 'ada': give a compute capability"):
+        trt_library.parse_arch("ada")
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    assert trt_library.for_device("sm_89").name == "tensorrt"  # TensorRT where TensorRT-RTX is absent
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(FastinvError, match="neither is usable here"):
+        trt_library.check_any()
 
 
-def test_build_errors_and_tensorrt_11_flags(
-    fake_trt: FakeTensorRT, velocity_onnx: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake_trt.parse_errors = ["Unsupported op Foo", "bad node"]
-    with pytest.raises(FastinvError, match=r"TensorRT cannot parse .*: Unsupported op Foo; bad node"):
-        build_engine(velocity_onnx, _profile())
-    fake_trt.parse_errors, fake_trt.build_fails = [], True
-    with pytest.raises(FastinvError, match="TensorRT could not build an engine"):
-        build_engine(velocity_onnx, _profile())
-    assert not list(velocity_onnx.parent.glob("*.engine*"))
-    assert network_flags(FakeTensorRT("11.0.0", strongly_typed=False)) == 0  # always strongly typed in 11
+def test_tensorrt_11_drops_the_strongly_typed_flag() -> None:
+    members = {"STRONGLY_TYPED": FakeTensorRT("0").DataType.HALF}  # any member with int() 1
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(**members))) == 1 << 1
+    assert network_flags(SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace())) == 0
 
 
 def _kernel(model: FlowModel, cond: Conditioning):
@@ -346,15 +361,12 @@ def _kernel(model: FlowModel, cond: Conditioning):
     return velocity
 
 
-def test_runtime_binding_and_same_method_code(
-    fake_trt: FakeTensorRT, tiny: FlowModel, velocity_onnx: Path
-) -> None:
+def test_runtime_binding_and_same_method_code(fake_trt: FakeTensorRT, tiny: FlowModel, engines: Path) -> None:
     """TrtVelocity: shapes set per input, pointers equal to the bound tensors', torch's stream handle; the
     CFG call and Euler inversion match torch (the fake engine runs the torch network on the bound memory)."""
-    build_engine(velocity_onnx, _profile())
     cond = _cond(tiny)
     fake_trt.kernel = _kernel(tiny, cond)
-    velocity = TrtVelocity.load(velocity_onnx.parent, model=tiny, precision="fp32", device="cpu")
+    velocity = TrtVelocity.load(engine_for(engines, "velocity.fp32", _profile()), model=tiny, device="cpu")
     assert velocity.backend == "trt" and velocity.graph.io[-1] == TensorIO("velocity", False, torch.float32)
     z, sigma = torch.randn(1, 4, 16, 8), torch.tensor([0.4])
     fake_trt.calls.clear()
@@ -386,24 +398,21 @@ def test_runtime_binding_and_same_method_code(
     with torch.no_grad():
         expected_z = invert_euler(tiny.velocity, x0, sigmas, cond).z_T
     assert torch.allclose(invert_euler(velocity, x0, sigmas, cond).z_T, expected_z, atol=1e-5)
-    narrow = Profile({**_profile().axes, "height": (8, 8, 8), "width": (8, 8, 8)}, VAE)
-    engine = build_engine(velocity_onnx, narrow).path
+    engine = engine_for(engines, "velocity.fp32", _narrow())
     with pytest.raises(FastinvError, match=r"height 128 is outside the engine's profile 64\.\.64"):
         TrtVelocity.load(engine, model=tiny, device="cpu")(z, sigma, cond)
 
 
 def test_cuda_graph_path_captures_once_per_shape(
-    fake_trt: FakeTensorRT, tiny: FlowModel, velocity_onnx: Path, monkeypatch: pytest.MonkeyPatch
+    fake_trt: FakeTensorRT, tiny: FlowModel, engines: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """cuda_graph=True: a warm-up run, one capture per input shape, new inputs copied into the captured
     static buffers on replay, the output returned as a copy. (CUDA graphs stand in for fakes here: a
     "replay" re-runs the engine on the memory bound at capture.)"""
-    build_engine(velocity_onnx, _profile())
     cond = _cond(tiny, guidance=1.0)
     fake_trt.kernel = _kernel(tiny, cond)
-    velocity = TrtVelocity.load(
-        velocity_onnx.parent, model=tiny, precision="fp32", device="cpu", cuda_graph=True
-    )
+    engine = engine_for(engines, "velocity.fp32", _profile())
+    velocity = TrtVelocity.load(engine, model=tiny, device="cpu", cuda_graph=True)
     captures: list[dict[str, object]] = []
 
     class FakeCUDAGraph:
@@ -429,12 +438,14 @@ def test_cuda_graph_path_captures_once_per_shape(
 
 
 def test_runtime_load_errors_name_what_mismatched(
-    fake_trt: FakeTensorRT, tiny: FlowModel, velocity_onnx: Path, monkeypatch: pytest.MonkeyPatch
+    fake_trt: FakeTensorRT, tiny: FlowModel, engines: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = build_engine(velocity_onnx, _profile()).path
-    folder = velocity_onnx.parent
+    """Engines really built for sm_89 by this TensorRT-RTX, refused with one line on another GPU, by
+    another version or without the library, when stale, and when asked for the wrong graph."""
+    engine, folder = engine_for(engines, "velocity.fp32", _profile()), engines
+    version = fake_trt.__version__
     with pytest.raises(
-        FastinvError, match=r"no velocity.bf16 TensorRT engine in .*engines there: velocity.fp32"
+        FastinvError, match=r"no velocity.bf16 TensorRT engine in .*engines there: .*velocity.fp32"
     ):
         TrtVelocity.load(folder, precision="bf16", device="cpu")
     with pytest.raises(FastinvError, match="is a velocity graph, not a solver graph"):
@@ -444,30 +455,38 @@ def test_runtime_load_errors_name_what_mismatched(
     with pytest.raises(FastinvError, match="exported for a sd3 model, not flux"):
         TrtVelocity.load(engine, model=dataclasses.replace(tiny, family="flux"), device="cpu")
 
-    monkeypatch.setattr(fake_trt, "__version__", "10.8.0")
+    monkeypatch.setattr(fake_trt, "__version__", "9.9.0")
     for source in (engine, folder):
-        with pytest.raises(FastinvError, match=r"engine built for TensorRT 10\.3\.0, this is 10\.8\.0"):
+        with pytest.raises(
+            FastinvError, match=rf"built by TensorRT-RTX {version}, this has TensorRT-RTX 9\.9\.0: rebuild"
+        ):
             TrtVelocity.load(source, precision="fp32", device="cpu")
-    monkeypatch.setattr(fake_trt, "__version__", "10.3.0")
-    monkeypatch.setattr(trt_runtime, "device_facts", lambda device: ("sm_80", "Fake A100"))
-    with pytest.raises(FastinvError, match=r"built for sm_90 \(Fake H100\), this GPU is sm_80"):
-        TrtVelocity.load(folder, precision="fp32", device="cpu")
-    monkeypatch.setattr(trt_runtime, "device_facts", lambda device: ("sm_90", "Fake H100"))
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(FastinvError, match=rf"built by TensorRT-RTX {version}, which is not here"):
+        TrtVelocity.load(engine, device="cpu")
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", fake_trt)
+    monkeypatch.setattr(fake_trt, "__version__", version)
+    for arch, hint in (("sm_86", " or with --gpu-arch sm_86"), ("sm_90", "")):
+        monkeypatch.setattr(trt_library, "device_facts", lambda device, arch=arch: (arch, "Fake GPU"))
+        message = (
+            rf"built for sm_89 \(any sm_89 GPU \(built ahead of time\)\), this GPU is {arch}: .*GPU{hint}$"
+        )
+        with pytest.raises(FastinvError, match=message):
+            TrtVelocity.load(folder, precision="fp32", device="cpu")
+    monkeypatch.setattr(trt_library, "device_facts", lambda device: (ARCH, "Fake RTX 4090"))
 
-    spec_onnx(velocity_onnx, velocity_graph(tiny, size=(8, 8)).spec("fp32"))  # exported again since
+    spec_onnx(folder / "velocity.fp32.onnx", velocity_graph(tiny, size=(8, 8)).spec("fp32"))  # exported again
+    versions = {"tensorrt_rtx": version}
     with pytest.raises(FastinvError, match=r"is stale: velocity.fp32.onnx was exported again after it"):
-        find_engine(folder, "velocity.fp32", tensorrt="10.3.0", compute_capability="sm_90")
+        find_engine(folder, "velocity.fp32", versions=versions, compute_capability=ARCH)
     sidecar_path(engine).unlink()
     with pytest.raises(FastinvError, match="has no readable sidecar"):
         TrtVelocity.load(engine, device="cpu")
 
 
-def test_trt_solver_and_deepinv(fake_trt: FakeTensorRT, tiny: FlowModel, tmp_path: Path) -> None:
-    """The solver engine behind TorchSolver's contract; deepinv with both networks on (fake) engines."""
+def test_trt_solver_and_deepinv(fake_trt: FakeTensorRT, tiny: FlowModel, engines: Path) -> None:
+    """The solver engine behind TorchSolver's contract; deepinv with both networks on engines (run fake)."""
     solver = tiny_solver()
-    path = spec_onnx(tmp_path / "solver.fp32.onnx", solver_graph(solver).spec("fp32"))
-    profile = Profile({"batch": (1, 1, 2), "text": (5, 5, 5), "height": (8, 8, 8), "width": (8, 8, 8)}, VAE)
-    build_engine(path, profile)
 
     def solve(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -475,7 +494,7 @@ def test_trt_solver_and_deepinv(fake_trt: FakeTensorRT, tiny: FlowModel, tmp_pat
             return solver(*(inputs[name] for name in names))
 
     fake_trt.kernel = solve
-    trt_solver = TrtSolver.load(tmp_path, config=solver.config, precision="fp32", device="cpu")
+    trt_solver = TrtSolver.load(engines, config=solver.config, precision="fp32", device="cpu")
     assert (
         trt_solver.config == trt_solver.graph.spec.config
         and trt_solver.config["text_dim"] == TINY["text_dim"]
@@ -497,10 +516,9 @@ def test_trt_solver_and_deepinv(fake_trt: FakeTensorRT, tiny: FlowModel, tmp_pat
     assert torch.allclose(invert_deepinv(tiny.velocity, x0, sigmas, cond, solver=trt_solver).z_T, expected_z)
 
 
-def test_engine_io_reads_names_modes_and_dtypes(
-    fake_trt: FakeTensorRT, tiny: FlowModel, velocity_onnx: Path
-) -> None:
-    engine = fake_trt.Runtime(None).deserialize_cuda_engine(json.dumps({"onnx": str(velocity_onnx)}).encode())
+def test_engine_io_reads_names_modes_and_dtypes(fake_trt: FakeTensorRT, engines: Path) -> None:
+    engine_file = engine_for(engines, "velocity.fp32", _profile())
+    engine = fake_trt.Runtime(None).deserialize_cuda_engine(engine_file.read_bytes())
     io = engine_io(engine, fake_trt)
     assert [(t.name, t.is_input) for t in io] == [
         ("latents", True),

@@ -48,12 +48,16 @@ class Backend:
     graph_loader: Callable[[Path, str, torch.device | str], Graph] | None = None
 
     def available(self) -> bool:
-        """Whether this install can run it: no package needed, or the package imports."""
+        """Whether this install has what it needs: no package, or `requires` passes (else the package
+        imports)."""
         if self.package is None:
             return True
         try:
-            importlib.import_module(self.package)
-        except Exception:  # ImportError, or a stub package failing on missing native libraries
+            if self.requires is not None:
+                self.requires()
+            else:
+                importlib.import_module(self.package)
+        except Exception:  # FastinvError, ImportError, or a stub package failing on missing native libraries
             return False
         return True
 
@@ -109,10 +113,10 @@ def _onnxruntime() -> Any:
     return onnxruntime_module()
 
 
-def _tensorrt() -> Any:
-    from fastinv.runtime.tensorrt.engine import tensorrt_module
+def _tensorrt() -> None:
+    from fastinv.runtime.tensorrt.library import check_any
 
-    return tensorrt_module()
+    check_any()
 
 
 def _ort_velocity(folder: Path, model: FlowModel, precision: str) -> GraphVelocity:
@@ -189,10 +193,10 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "trt",
-            "TensorRT engines built from the ONNX graphs (CUDA GPU)",
+            "TensorRT or TensorRT-RTX engines built from the ONNX graphs (CUDA GPU)",
             "^",
             folder=True,
-            package="tensorrt",
+            package="tensorrt | tensorrt_rtx",
             cuda_only=True,
             requires=_tensorrt,
             velocity_loader=_trt_velocity,

@@ -2,7 +2,8 @@
 
 An engine is `<stem>.<key16>.engine` (stem: "velocity.fp32", "solver.bf16") next to a sidecar
 `<stem>.<key16>.engine.json` holding the `EngineFacts` it was built from and for. The key is the sha256 of
-(ONNX file hash, TensorRT version, GPU compute capability, profile, precision): any change builds a new
+(ONNX file hash, library (TensorRT or TensorRT-RTX) and its version, GPU compute capability, profile,
+precision): any change builds a new
 engine instead of reusing a stale one. Engines are written to a temporary name and renamed, the sidecar
 last, so a reader never sees half an engine.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from fastinv.errors import FastinvError
 from fastinv.files import publish_files
 from fastinv.runtime.spec import GraphSpec
+from fastinv.runtime.tensorrt.library import RTX_ARCHS, TITLES
 from fastinv.runtime.tensorrt.profile import Profile
 
 SUFFIX = ".engine"
@@ -37,12 +40,18 @@ def file_sha256(path: str | Path) -> str:
 
 
 def engine_key(
-    onnx_sha256: str, tensorrt_version: str, compute_capability: str, profile: Profile, precision: str
+    onnx_sha256: str,
+    library: str,
+    version: str,
+    compute_capability: str,
+    profile: Profile,
+    precision: str,
 ) -> str:
     """The cache key: sha256 (hex) of everything that makes one engine unusable in place of another."""
     facts = {
         "onnx": onnx_sha256,
-        "tensorrt": tensorrt_version,
+        "library": library,
+        "tensorrt": version,
         "sm": compute_capability,
         "profile": profile.to_json(),
         "precision": precision,
@@ -67,26 +76,41 @@ def write_atomic(path: Path, data: bytes | memoryview) -> None:
 @dataclass(frozen=True)
 class EngineFacts:
     """An engine's sidecar. onnx: the graph's file name; onnx_size / onnx_mtime_ns: its stat when built
-    (a cheap staleness test before hashing); spec: the graph's GraphSpec metadata; builder: build settings."""
+    (a cheap staleness test before hashing); library / tensorrt: the library ("tensorrt", "tensorrt_rtx")
+    and version that built it; compute_capability: the GPU architecture it runs on ("sm_89"); spec: the
+    graph's GraphSpec metadata; io: the parsed network's IO (`fastinv.export.tensorrt.network_io`);
+    builder: build settings."""
 
     onnx: str
     onnx_sha256: str
     onnx_size: int
     onnx_mtime_ns: int
+    library: str
     tensorrt: str
     compute_capability: str
     device_name: str
     precision: str
     profile: Profile
     spec: dict[str, str]
+    io: dict[str, dict[str, Any]] = field(default_factory=dict)
     builder: dict[str, Any] = field(default_factory=dict)
     fastinv_version: str = ""
 
     @property
     def key(self) -> str:
         return engine_key(
-            self.onnx_sha256, self.tensorrt, self.compute_capability, self.profile, self.precision
+            self.onnx_sha256,
+            self.library,
+            self.tensorrt,
+            self.compute_capability,
+            self.profile,
+            self.precision,
         )
+
+    @property
+    def built_by(self) -> str:
+        """ "TensorRT-RTX 1.7.1.116" """
+        return f"{TITLES.get(self.library, self.library)} {self.tensorrt}"
 
     def graph_spec(self, source: Path) -> GraphSpec:
         return GraphSpec.from_metadata(self.spec, source)
@@ -118,16 +142,20 @@ def read_facts(engine: Path) -> EngineFacts:
         raise FastinvError(f"{engine} has no readable sidecar {sidecar.name}: {REBUILD}") from err
 
 
-def check_built_for(facts: EngineFacts, engine: Path, *, tensorrt: str, compute_capability: str) -> None:
-    """One-line error when the engine was built by another TensorRT or for another GPU architecture."""
-    if facts.tensorrt != tensorrt:
-        raise FastinvError(
-            f"{engine.name}: engine built for TensorRT {facts.tensorrt}, this is {tensorrt}: {REBUILD}"
-        )
+def check_built_for(
+    facts: EngineFacts, engine: Path, *, versions: Mapping[str, str], compute_capability: str
+) -> None:
+    """One-line error when the engine was built by a library or version not installed here (`versions`:
+    library name → version, of those importable) or for another GPU architecture."""
+    if versions.get(facts.library) != facts.tensorrt:
+        here = versions.get(facts.library)
+        has = f"this has {TITLES.get(facts.library, facts.library)} {here}" if here else "which is not here"
+        raise FastinvError(f"{engine.name}: engine built by {facts.built_by}, {has}: {REBUILD}")
     if facts.compute_capability != compute_capability:
         raise FastinvError(
             f"{engine.name}: built for {facts.compute_capability} ({facts.device_name}), "
             f"this GPU is {compute_capability}: {REBUILD} on this GPU"
+            + (f" or with --gpu-arch {compute_capability}" if compute_capability in RTX_ARCHS else "")
         )
 
 
@@ -143,8 +171,20 @@ def check_fresh(facts: EngineFacts, engine: Path) -> None:
         raise FastinvError(f"{engine.name} is stale: {facts.onnx} was exported again after it; {REBUILD}")
 
 
-def find_engine(folder: str | Path, stem: str, *, tensorrt: str, compute_capability: str) -> Path:
-    """The newest `<stem>.*.engine` in `folder` built by this TensorRT for this GPU from the graph beside it.
+def engines_in(folder: str | Path) -> list[tuple[Path, EngineFacts]]:
+    """Every engine in `folder` with its sidecar, by name; one-line error when `folder` is not a folder or
+    an engine's sidecar is unreadable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FastinvError(f"engine folder not found: {folder}")
+    return [(engine, read_facts(engine)) for engine in sorted(folder.glob(f"*{SUFFIX}"))]
+
+
+def find_engine(
+    folder: str | Path, stem: str, *, versions: Mapping[str, str], compute_capability: str
+) -> Path:
+    """The newest `<stem>.*.engine` in `folder` built by a TensorRT library installed here (`versions`: name
+    → version) for this GPU from the graph beside it.
 
     When none fits, the error says why the newest one does not.
     """
@@ -162,7 +202,7 @@ def find_engine(folder: str | Path, stem: str, *, tensorrt: str, compute_capabil
     for engine in engines:
         try:
             facts = read_facts(engine)
-            check_built_for(facts, engine, tensorrt=tensorrt, compute_capability=compute_capability)
+            check_built_for(facts, engine, versions=versions, compute_capability=compute_capability)
             check_fresh(facts, engine)
         except FastinvError as err:
             first_error = first_error or err

@@ -4,10 +4,12 @@ Inputs and outputs are torch tensors whose `data_ptr`s go to `set_tensor_address
 runs on `torch.cuda.current_stream()`, so torch kernels before and after are ordered with the engine's
 without a host sync. Optionally each input shape is captured once as a CUDA graph and replayed. Engines
 come from `fastinv.export.tensorrt`; their sidecar (`fastinv.runtime.tensorrt.cache`) is checked against
-this TensorRT, this GPU and every call's shapes before anything runs.
+the library that built it (TensorRT or TensorRT-RTX, `fastinv.runtime.tensorrt.library`), this GPU and
+every call's shapes before anything runs. TensorRT-RTX compiles the engine's kernels for this GPU when the
+execution context is made (just in time), so the first load of an engine takes longer.
 
 Every decision (dtype table, binding, profile and cache checks) is a plain function that runs without
-TensorRT; `tensorrt` itself is imported only when an engine is built or loaded.
+TensorRT; the library itself is imported only when an engine is built or loaded.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import torch
 from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel
 from fastinv.runtime.graph import GraphSolver, GraphVelocity, graph_stem
+from fastinv.runtime.tensorrt import library as trt_library
 from fastinv.runtime.tensorrt.cache import check_built_for, find_engine, read_facts
 from fastinv.solver.model import solver_family
 
-MIN_VERSION = 10
 TRT_TO_TORCH = {
     "FLOAT": torch.float32,
     "HALF": torch.float16,
@@ -42,21 +44,6 @@ TRT_TO_TORCH = {
 TORCH_TO_TRT = {dtype: name for name, dtype in TRT_TO_TORCH.items()}
 
 
-def tensorrt_module() -> Any:
-    """`import tensorrt` (≥ 10), or one line saying what is missing."""
-    try:
-        import tensorrt
-    except Exception as err:  # ImportError, or the PyPI stub's errors when no NVIDIA libraries are found
-        raise FastinvError(
-            "the trt backend needs NVIDIA TensorRT ≥ 10 and a CUDA GPU (pip install tensorrt); "
-            f"it is not usable here ({type(err).__name__}); the ort backend runs without it"
-        ) from err
-    major = int(str(tensorrt.__version__).split(".")[0])
-    if major < MIN_VERSION:
-        raise FastinvError(f"TensorRT {tensorrt.__version__} is too old: fastinv needs ≥ {MIN_VERSION}")
-    return tensorrt
-
-
 def torch_dtype(trt_dtype: Any) -> torch.dtype:
     """A `tensorrt.DataType` (or its member name) → torch dtype."""
     name = getattr(trt_dtype, "name", str(trt_dtype)).rpartition(".")[2]
@@ -70,15 +57,6 @@ def trt_dtype(dtype: torch.dtype, trt: Any) -> Any:
     if dtype not in TORCH_TO_TRT:
         raise FastinvError(f"torch dtype {dtype} has no TensorRT type")
     return getattr(trt.DataType, TORCH_TO_TRT[dtype])
-
-
-def device_facts(device: torch.device | str) -> tuple[str, str]:
-    """("sm_90", "NVIDIA H100 …") for a CUDA device; one-line error for any other device."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise FastinvError(f"the trt backend runs on a CUDA GPU, not {device}")
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm_{major}{minor}", torch.cuda.get_device_name(device)
 
 
 def cuda_stream(device: torch.device) -> int:
@@ -161,10 +139,11 @@ class TrtGraph:
     ) -> None:
         self.path = Path(path)
         self.device = torch.device(device)
-        trt = tensorrt_module()
-        sm, _ = device_facts(self.device)
+        sm, _ = trt_library.device_facts(self.device)
         self.facts = read_facts(self.path)
-        check_built_for(self.facts, self.path, tensorrt=trt.__version__, compute_capability=sm)
+        versions = trt_library.installed_versions()
+        check_built_for(self.facts, self.path, versions=versions, compute_capability=sm)
+        trt = trt_library.import_library(self.facts.library).module  # the library that built it
         self.spec = self.facts.graph_spec(self.path)
         self.spec.expect(self.path, kind=kind, precision=precision)
         self.cuda_graph = cuda_graph
@@ -185,6 +164,9 @@ class TrtGraph:
                 f"{self.path} has IO {sorted(inputs)} → {sorted(outputs)}, its sidecar says "
                 f"{list(self.spec.inputs)} → {self.spec.output}: rebuild it"
             )
+        built = {name: torch_dtype(io["dtype"]) for name, io in self.facts.io.items()}
+        if any(built.get(t.name, t.dtype) != t.dtype for t in self.io):
+            raise FastinvError(f"{self.path}: its IO dtypes differ from those it was built with: rebuild it")
 
     def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Inputs: float32 tensors by graph input name; → the float32 output on `device`, queued on torch's
@@ -239,9 +221,9 @@ def _engine_file(path: str | Path, kind: str, precision: str | None, device: tor
         return path
     if precision is None:
         raise FastinvError(f"{path} is a folder: say which precision's {kind} engine to load")
-    version = tensorrt_module().__version__
-    sm, _ = device_facts(device)
-    return find_engine(path, graph_stem(kind, precision), tensorrt=version, compute_capability=sm)
+    sm, _ = trt_library.device_facts(device)
+    versions = trt_library.installed_versions()
+    return find_engine(path, graph_stem(kind, precision), versions=versions, compute_capability=sm)
 
 
 class TrtVelocity(GraphVelocity):
