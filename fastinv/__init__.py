@@ -16,6 +16,7 @@ except PackageNotFoundError:
 
 _EXPORTS = {
     "load": "fastinv.api",
+    "from_pipeline": "fastinv.api",
     "Inverter": "fastinv.api",
     "Inversion": "fastinv.results",
     "Reconstruction": "fastinv.results",

@@ -6,6 +6,8 @@ rec = inv.reconstruct(res)          # rec.image is a PIL image
 print(inv.evaluate(res, rec))       # PSNR / SSIM / LPIPS / MSE
 
 The same calls run on exported graphs: fastinv.load(..., backend="ort" | "trt", export_dir=folder).
+A diffusers StableDiffusion3Pipeline or FluxPipeline already loaded: fastinv.from_pipeline(pipe), on its
+own modules.
 On a GPU the torch backend takes the fast path (torch.compile, CUDA graphs, Triton step kernels) unless
 fastinv.load(..., fast=False); the run's settings are one RunConfig (`fastinv.run_config`), inv.config.
 """
@@ -27,6 +29,7 @@ from fastinv.conditioning import Conditioning
 from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.images import LoadedImage, load_image, pixels_to_pil
+from fastinv.masks import DEFAULT_FEATHER, Mask, check_feather, load_mask
 from fastinv.methods import (
     AUTO,
     StepCallback,
@@ -38,15 +41,17 @@ from fastinv.methods import (
 from fastinv.methods.base import Stopwatch
 from fastinv.metrics import reconstruction_metrics
 from fastinv.models import FlowModel, load_model
+from fastinv.models.offload import plan_model
 from fastinv.models.prompt_cache import PromptCache
+from fastinv.models.variants import distilled_warning
 from fastinv.results import Edit, Inversion, Reconstruction
-from fastinv.run_config import RunConfig
+from fastinv.run_config import CPU, RunConfig, check_offload
 from fastinv.runtime.backends import get_backend
 from fastinv.runtime.exports import export_folder, exported_solver, exported_velocity, solver_exported
 from fastinv.runtime.fast_path import compiled
 from fastinv.runtime.graph import GraphSolver
 from fastinv.runtime.weights import expect_weights
-from fastinv.sampling import SourceControl, sample_euler
+from fastinv.sampling import SourceControl, SourceTrajectory, sample_euler
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
@@ -73,6 +78,19 @@ def check_request(
         raise FastinvError(f"guidance must be a finite number >= 0, got {guidance!r}")
     if embedded_guidance is not None and (not finite(embedded_guidance) or embedded_guidance < 0):
         raise FastinvError(f"embedded guidance must be a finite number >= 0, got {embedded_guidance!r}")
+
+
+def check_schedule(sigmas: Any) -> None:
+    """One-line error unless `sigmas` is a schedule to sample over: a 1-D float tensor of N+1 values in
+    [0, 1], strictly decreasing, 1 <= N <= MAX_STEPS."""
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or not sigmas.is_floating_point():
+        raise FastinvError("sigmas must be a 1-D float tensor of N+1 values")
+    if not 2 <= len(sigmas) <= MAX_STEPS + 1:
+        raise FastinvError(f"sigmas must hold N+1 values, 1 <= N <= {MAX_STEPS}, got {len(sigmas)} values")
+    if not bool(torch.isfinite(sigmas).all()) or sigmas.min() < 0 or sigmas.max() > 1:
+        raise FastinvError("sigmas must be finite and in [0, 1]")
+    if not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise FastinvError("sigmas must decrease strictly (sampling order, noise to clean)")
 
 
 class Inverter:
@@ -155,10 +173,26 @@ class Inverter:
     def prepare_image(self, image: ImageSource) -> LoadedImage:
         """Load and fit an image to the model: resized and cropped to a fixed-resolution model's size;
         otherwise sides cropped to the model's multiple and shrunk past its maximum."""
-        step = self.model.size_multiple
-        return load_image(
-            image, multiple=step, min_size=step, size=self.model.resolution, max_side=self.model.max_side
-        )
+        return load_image(image, **self._fit())
+
+    def _fit(self) -> dict[str, Any]:
+        """`load_image`'s options that fit an image to the model (`prepare_image`)."""
+        step, model = self.model.size_multiple, self.model
+        return {"multiple": step, "min_size": step, "size": model.resolution, "max_side": model.max_side}
+
+    def prepare_mask(
+        self, mask: ImageSource | Mask, image: LoadedImage, feather: int = DEFAULT_FEATHER
+    ) -> Mask:
+        """A local edit's mask for `image` (prepared): fitted as the image was, thresholded at mid-grey and
+        feathered `feather` px inwards (`fastinv.masks`); a prepared Mask is checked against the image."""
+        if not isinstance(mask, Mask):
+            return load_mask(mask, image, self._fit(), feather)
+        if mask.weights.shape[-2:] != image.pixels.shape[-2:]:
+            raise FastinvError(
+                f"mask {mask.source} is {mask.weights.shape[-1]}×{mask.weights.shape[-2]} px, the image "
+                f"{image.pixels.shape[-1]}×{image.pixels.shape[-2]}: prepare it for this image"
+            )
+        return mask
 
     def _method_options(self, method: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(options to call `method` with, options to record): a solver option becomes a loaded solver."""
@@ -238,7 +272,9 @@ class Inverter:
         for index, picture in enumerate(loaded):
             groups.setdefault(tuple(picture.pixels.shape), []).append(index)
         inversions: list[Inversion | None] = [None] * len(loaded)
-        with self._lock:
+        from fastinv.bench.memory import PeakMemory  # here: fastinv.bench imports this module
+
+        with self._lock, PeakMemory(self.model.device) as memory:
             options, recorded = self._method_options(method, options)
             cond = self.model.conditioning(prompt, guidance, embedded_guidance, inverting=True)
             for indices in groups.values():
@@ -277,30 +313,36 @@ class Inverter:
                         self.model.name,
                         self.config,
                     )
-        return inversions
+        return [dataclasses.replace(inversion, peak_memory_mib=memory.mib) for inversion in inversions]
 
     def _regenerate(
         self,
-        inversion: Inversion,
+        z_T: torch.Tensor,
+        sigmas: torch.Tensor,
         cond: Conditioning,
         control: SourceControl | None,
         callback: StepCallback | None,
+        source: SourceTrajectory | None = None,
     ) -> Reconstruction:
-        """Euler sampling from inversion's z_T on its schedule with `cond` (and `control`), decoded."""
-        with self._lock:
+        """Euler sampling from z_T [B, C, h, w] over the N+1 `sigmas` with `cond` (and `control`), decoded."""
+        from fastinv.bench.memory import PeakMemory  # here: fastinv.bench imports this module
+
+        with self._lock, PeakMemory(self.model.device) as memory:
             clock = Stopwatch(self.model.device)
             latents, nfe = sample_euler(
                 self.model.velocity,
-                inversion.z_T,
-                inversion.sigmas,
+                z_T,
+                sigmas,
                 cond,
                 callback=callback,
                 control=control,
+                source=source,
                 config=self.config,
             )
             pixels = self.model.codec.decode(latents).cpu()
             seconds = clock.seconds()
-        return Reconstruction(latents, pixels, nfe, seconds, pixels_to_pil(pixels), cond.embedded_guidance)
+        image = pixels_to_pil(pixels)
+        return Reconstruction(latents, pixels, nfe, seconds, image, cond.embedded_guidance, memory.mib)
 
     def _check_inversion(self, inversion: Any) -> None:
         """TypeError for anything but an Inversion; a one-line error for one made by another model."""
@@ -327,7 +369,42 @@ class Inverter:
         cond = inversion.cond
         if embedded_guidance is not None and self.model.takes_embedded_guidance:
             cond = dataclasses.replace(cond, embedded_guidance=embedded_guidance)
-        return self._regenerate(inversion, cond, None, callback)
+        return self._regenerate(inversion.z_T, inversion.sigmas, cond, None, callback)
+
+    def reconstruct_latents(
+        self,
+        z_T: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        prompt: str = "",
+        guidance: float = 1.0,
+        embedded_guidance: float | None = None,
+        callback: StepCallback | None = None,
+    ) -> Reconstruction:
+        """`reconstruct` for a z_T without its Inversion, e.g. one read from its file
+        (`outputs.read_latents_file`): z_T [B, C, h, w] float32, the N+1 sigmas (float64, decreasing) it was
+        inverted over, and the prompt, CFG scale and FLUX-dev embedded guidance (None: the inversion's
+        default, 1) it was inverted with."""
+        check_request(prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
+        check_schedule(sigmas)
+        self._check_latents(z_T)
+        cond = self.model.conditioning(prompt, guidance, embedded_guidance, inverting=True)
+        return self._regenerate(z_T.to(self.model.device, torch.float32), sigmas, cond, None, callback)
+
+    def _check_latents(self, z_T: torch.Tensor) -> None:
+        """One-line error unless z_T is [B, C, h, w] latents of this model: its C channels, h and w multiples
+        of its patch, the pixel sides (h·f, w·f) within its largest side."""
+        model, factor = self.model, self.model.codec.scale_factor
+        patch = model.size_multiple // factor
+        fits = z_T.ndim == 4 and z_T.shape[0] >= 1 and z_T.shape[1] == model.codec.channels
+        sides = list(z_T.shape[-2:]) if fits else []
+        fits = fits and all(side >= 1 and side % patch == 0 for side in sides)
+        if not fits or (model.max_side is not None and max(sides) * factor > model.max_side):
+            largest = "" if model.max_side is None else f", at most {model.max_side // factor}"
+            raise FastinvError(
+                f"z_T of shape {list(z_T.shape)} does not fit {model.name}: it takes [B, "
+                f"{model.codec.channels}, h, w] latents, h and w multiples of {patch}{largest}"
+            )
 
     def edit(
         self,
@@ -345,6 +422,8 @@ class Inverter:
         embedded_guidance: float | None = None,
         inversion_embedded_guidance: float | None = None,
         callback: StepCallback | None = None,
+        mask: ImageSource | Mask | None = None,
+        mask_feather: int = DEFAULT_FEATHER,
         **options: Any,
     ) -> Edit:
         """Invert `image` with `source_prompt` (guidance `inversion_guidance`), then regenerate from z_T with
@@ -352,8 +431,14 @@ class Inverter:
         (`sampling.SourceControl`: strength η over the steps in [start, stop), fractions). An Inversion
         is reused as is (its method, steps and source prompt). strength = 0 is plain regeneration.
         FLUX-dev's embedded guidance: `inversion_embedded_guidance` (default 1) for the inversion,
-        `embedded_guidance` (default 3.5) for the regeneration."""
+        `embedded_guidance` (default 3.5) for the regeneration.
+
+        `mask` (a file, image or array; white = editable, see `fastinv.masks`; or a Mask from
+        `prepare_mask`) makes the edit local: outside it the latents follow the source's inversion
+        trajectory step by step (`sampling.SourceTrajectory`), feathered `mask_feather` px inside its edge.
+        A masked edit of an Inversion needs its trajectory (`invert(..., keep_trajectory=True)`)."""
         SourceControl.check(strength, stop, start)  # before any work
+        check_feather(mask_feather)
         check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
         check_request(
             steps=steps,
@@ -363,21 +448,35 @@ class Inverter:
         )
         if isinstance(image, Inversion):
             self._check_inversion(image)
+            if mask is not None and image.result.trajectory is None:
+                raise FastinvError(
+                    "a masked edit needs the source's inversion trajectory: invert with keep_trajectory=True"
+                )
+            picture = image.image
+        else:
+            picture = image if isinstance(image, LoadedImage) else self.prepare_image(image)
+        mask = None if mask is None else self.prepare_mask(mask, picture, mask_feather)  # before any work
+        if isinstance(image, Inversion):
             inversion = image
         else:
             inversion = self.invert(
-                image,
+                picture,
                 prompt=source_prompt,
                 method=method,
                 steps=steps,
                 guidance=inversion_guidance,
                 embedded_guidance=inversion_embedded_guidance,
+                keep_trajectory=mask is not None,
                 **options,
             )
         cond = self.model.conditioning(target_prompt, guidance, embedded_guidance)
         control = SourceControl(inversion.x0, strength, stop, start)
-        edited = self._regenerate(inversion, cond, control, callback)
-        return Edit(inversion, target_prompt, guidance, strength, stop, start, edited)
+        source = None
+        if mask is not None:
+            weights = mask.at(tuple(inversion.x0.shape[-2:])).to(inversion.x0.device)
+            source = SourceTrajectory(weights, inversion.result.trajectory)
+        edited = self._regenerate(inversion.z_T, inversion.sigmas, cond, control, callback, source)
+        return Edit(inversion, target_prompt, guidance, strength, stop, start, edited, mask)
 
     def evaluate(self, inversion: Inversion, reconstruction: Reconstruction) -> dict[str, Any]:
         """PSNR, SSIM, LPIPS and pixel MSE of the reconstruction vs the input; MSE of the latents vs x0."""
@@ -403,6 +502,7 @@ def load(
     cuda_graphs: bool | None = None,
     kernels: str = "auto",
     prompt_cache_size: int = 64,
+    offload: str = "none",
 ) -> Inverter:
     """Load a local diffusers folder (SD3, FLUX; None: the shipped default model) for inversion.
 
@@ -414,24 +514,86 @@ def load(
     (velocity.<dtype>.onnx, solver.<dtype>.onnx, TensorRT engines beside them);
     fast: the torch backend's GPU fast path (None: on for CUDA); compile / cuda_graphs override its two
     switches one by one; kernels: "auto" (Triton step kernels on CUDA) | "torch" (their references);
-    prompt_cache_size: how many prompts' embeddings the LRU keeps.
+    prompt_cache_size: how many prompts' embeddings the LRU keeps;
+    offload: the memory plan on a CUDA device (`fastinv.models.offload`): "none" | "text" (text encoders in
+    CPU memory, encoding there) | "model" (model CPU offload: one component on the device at a time).
     """
     folder = export_folder(backend, export_dir)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    check_offload(offload, torch_device, backend)
+    run = {
+        "enabled": fast,
+        "compile": compile,
+        "cuda_graphs": cuda_graphs,
+        "kernels": kernels,
+        "offload": offload,
+    }
+    RunConfig.resolve(torch_device, torch_dtype, **run)  # its errors before any loading
     model = load_model(
         model_dir,
-        device=torch_device,
+        device=torch_device if offload == "none" else CPU,  # an offload plan places the components itself
         dtype=torch_dtype,
         embeddings=embeddings,
         transformer_weights=folder is None,  # a graph backend runs the exported graph: architecture only
     )
+    if offload != "none":
+        model = plan_model(model, offload, torch_device)
+    return _inverter(model, solver, backend, folder, prompt_cache_size, run)
+
+
+def from_pipeline(
+    pipeline: Any,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    embeddings: str | Path | None = None,
+    solver: str | Path | None = None,
+    backend: str = "torch",
+    fast: bool | None = None,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
+    kernels: str = "auto",
+    prompt_cache_size: int = 64,
+) -> Inverter:
+    """An Inverter on a diffusers StableDiffusion3Pipeline or FluxPipeline already loaded, sharing its
+    transformer, VAE and text encoders (no second copy of the weights; fastinv sets the transformer and VAE
+    to eval and frozen, in place). Its results equal `load(folder)`'s for the pipeline of that folder.
+
+    device / dtype: as `load`'s, None keeps the transformer's; another one moves (casts) the pipeline's
+    modules in place (`fastinv.models.pipelines.model_from_pipeline`). backend: torch only (exported graphs
+    run from a folder: `load(folder, backend=..., export_dir=...)`). The other options are `load`'s.
+    """
+    from fastinv.models.pipelines import model_from_pipeline  # imports diffusers' pipelines: only here
+
+    if backend != "torch":
+        raise FastinvError(
+            f"from_pipeline runs the pipeline's own modules on the torch backend, not {backend!r}: "
+            "for exported graphs use fastinv.load(folder, backend=..., export_dir=...)"
+        )
+    model = model_from_pipeline(pipeline, device=device, dtype=dtype, embeddings=embeddings)
+    run = {"enabled": fast, "compile": compile, "cuda_graphs": cuda_graphs, "kernels": kernels}
+    return _inverter(model, solver, backend, None, prompt_cache_size, run)
+
+
+def _inverter(
+    model: FlowModel,
+    solver: str | Path | None,
+    backend: str,
+    folder: Path | None,
+    prompt_cache_size: int,
+    run: dict[str, Any],
+) -> Inverter:
+    """The Inverter of a built `model`: its prompt cache, its RunConfig (`run`: RunConfig.resolve's switches),
+    and the velocity that runs: `folder`'s exported graph on a graph backend, else the (compiled) torch
+    one."""
+    warning = distilled_warning(model)  # a distilled few-step model: one line on what to expect
+    if warning is not None:
+        model = dataclasses.replace(model, notes=[*model.notes, warning])
     model.prompt_cache = PromptCache(prompt_cache_size)
-    config = RunConfig.resolve(
-        torch_device, torch_dtype, enabled=fast, compile=compile, cuda_graphs=cuda_graphs, kernels=kernels
-    )
+    config = RunConfig.resolve(model.device, model.dtype, **run)
     if folder is not None:
-        velocity = exported_velocity(backend, folder, model, precision_name(torch_dtype))
+        velocity = exported_velocity(backend, folder, model, precision_name(model.dtype))
         model = dataclasses.replace(model, velocity=velocity)
         config = dataclasses.replace(config, compile=False, cuda_graphs=False)  # the backend's own
     elif config.compile:

@@ -111,6 +111,14 @@ CudaGraphsOption = Annotated[
 KernelsOption = Annotated[
     str, typer.Option(help="Step kernels: auto (Triton on CUDA) | torch (references, for torch.compile).")
 ]
+OffloadOption = Annotated[
+    str,
+    typer.Option(
+        help="Memory plan on a CUDA device: none (all on the GPU) | text (text encoders stay in CPU memory "
+        "and encode there) | model (model CPU offload: one component on the GPU at a time); see "
+        "`fastinv info --model DIR`."
+    ),
+]
 
 
 def _load_options(
@@ -140,6 +148,14 @@ def _load_options(
         "cuda_graphs": cuda_graphs,
         "kernels": kernels,
     }
+
+
+def _check_offload(offload: str, device: str, backend: str) -> None:
+    """`--offload`'s one-line errors before any work (`fastinv.run_config.check_offload`)."""
+    from fastinv.device import resolve_device
+    from fastinv.run_config import check_offload
+
+    check_offload(offload, resolve_device(device), backend)
 
 
 def _quiet_libraries() -> None:
@@ -184,6 +200,7 @@ def invert(
     compile_: CompileOption = None,
     cuda_graphs: CudaGraphsOption = None,
     kernels: KernelsOption = "auto",
+    offload: OffloadOption = "none",
     batch_size: Annotated[
         int,
         typer.Option(
@@ -213,6 +230,7 @@ def invert(
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     get_backend(backend).check_method(method)  # before loading
+    _check_offload(offload, device, backend)
     _check_out(out)
     method_options = parse_options(method, set_ or [])
     if batch_size < 1:
@@ -243,7 +261,7 @@ def invert(
     pending = [item for item in items if item.index not in manifest.outcomes]
     load_options = _load_options(
         model, device, dtype, embeddings, solver, backend, export_dir, fast, compile_, cuda_graphs, kernels
-    )
+    ) | {"offload": offload}
     title = ""
     try:
         if pending and ray is None:
@@ -383,6 +401,17 @@ def edit(
     start: Annotated[
         float, typer.Option(help="Start of the steps held to the source (fraction ≤ stop).")
     ] = 0.0,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Edit only inside this mask (an image; at least mid-grey = editable, darker = kept): "
+            "outside it the latents follow the source's inversion trajectory. Resized to the image if its "
+            "size differs."
+        ),
+    ] = None,
+    mask_feather: Annotated[
+        int, typer.Option(help="Pixels over which the mask rises from 0 at its edge to 1 inside it.")
+    ] = 4,  # masks.DEFAULT_FEATHER (tested): fastinv.masks imports torch, the CLI's start-up does not
     embedded_guidance: EditEmbeddedGuidanceOption = None,
     inversion_embedded_guidance: InversionEmbeddedGuidanceOption = None,
     embeddings: EmbeddingsOption = None,
@@ -397,18 +426,23 @@ def edit(
     compile_: CompileOption = None,
     cuda_graphs: CudaGraphsOption = None,
     kernels: KernelsOption = "auto",
+    offload: OffloadOption = "none",
 ) -> None:
     """Edit an image: invert it with the source prompt, regenerate with the target prompt, held to the
     source by RF-Inversion's controlled ODE; writes source, edit and side-by-side PNGs and a JSON record."""
     _quiet_libraries()
 
     from fastinv.api import check_request, load
+    from fastinv.masks import check_feather
     from fastinv.methods import parse_options
     from fastinv.pipeline import EditJob, InversionJob, edit_to_files
     from fastinv.sampling import SourceControl
 
     if not image.is_file():
         raise FastinvError(f"image not found: {image}")
+    if mask is not None and not mask.is_file():
+        raise FastinvError(f"mask not found: {mask}")
+    check_feather(mask_feather)
     check_request(
         steps=steps,
         prompt=source_prompt,
@@ -418,19 +452,21 @@ def edit(
     check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     SourceControl.check(strength, stop, start)  # before loading
     get_backend(backend).check_method(method)
+    _check_offload(offload, device, backend)
     _check_out(out)
     options = parse_options(method, set_ or [])
     load_options = _load_options(
         model, device, dtype, embeddings, solver, backend, export_dir, fast, compile_, cuda_graphs, kernels
-    )
+    ) | {"offload": offload}
     with console.status(f"loading {model or 'the shipped default model'}"):
         inverter = load(**load_options)
     method = inverter.resolve_method(method)
     picture = inverter.prepare_image(image)
-    for note in [*inverter.model.notes, *picture.notes]:
+    local = None if mask is None else inverter.prepare_mask(mask, picture, mask_feather)  # before any work
+    for note in [*inverter.model.notes, *picture.notes, *([] if local is None else local.notes)]:
         console.print(f"[dim]{note}[/dim]")
     job = InversionJob(source_prompt, method, steps, inversion_guidance, inversion_embedded_guidance, options)
-    target = EditJob(target_prompt, guidance, strength, stop, start, embedded_guidance)
+    target = EditJob(target_prompt, guidance, strength, stop, start, embedded_guidance, local, mask_feather)
     with progress_bar(console) as progress:
         hook, _ = _stage_hook(progress, image.stem, steps)
         run = edit_to_files(inverter, picture, job, target, out, image.stem, hook)
@@ -444,7 +480,69 @@ def edit(
             name, _fmt(scores["psnr"]), _fmt(scores["ssim"], 4), _fmt(scores["lpips"], 4), _fmt(rec.seconds)
         )
     console.print(table)
+    if local is not None:
+        scores = metrics["mask_vs_reconstruction"]
+        console.print(
+            f"edit vs reconstruction: {_fmt(scores['psnr_outside'])} dB outside the mask, "
+            f"{_fmt(scores['psnr_inside'])} dB inside ({scores['editable_fraction']:.0%} editable)"
+        )
     console.print(f"wrote {image.stem}.source.png, .edit.png, .side_by_side.png, .edit.json to {out}")
+
+
+@app.command()
+def reconstruct(
+    latents: Annotated[Path, typer.Argument(help="A z_T file `fastinv invert` wrote (NAME.zT.safetensors).")],
+    out: Annotated[
+        Path, typer.Option(help="Output folder for NAME.reconstruct.png and NAME.reconstruct.json.")
+    ] = Path("fastinv-out"),
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model folder, where it is now (default: the one the file's metadata names); it must "
+            "be the model that inverted it."
+        ),
+    ] = None,
+    embeddings: EmbeddingsOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    backend: BackendOption = "torch",
+    export_dir: ExportDirOption = None,
+    fast: FastOption = None,
+    compile_: CompileOption = None,
+    cuda_graphs: CudaGraphsOption = None,
+    kernels: KernelsOption = "auto",
+) -> None:
+    """Regenerate the image from a saved z_T with the schedule, prompt and guidance its metadata records, as
+    `fastinv invert` reconstructs it; writes OUT/NAME.reconstruct.png and NAME.reconstruct.json."""
+    _quiet_libraries()
+    from fastinv.api import load
+    from fastinv.outputs import read_latents_file
+    from fastinv.pipeline import reconstruct_to_files
+
+    saved = read_latents_file(latents)  # untrusted: every value checked before any work
+    _check_out(out)
+    model_dir = model or Path(saved.model)
+    if not model_dir.is_dir():
+        where = "" if model else f" (named by {latents}'s metadata: pass --model DIR where it is now)"
+        raise FastinvError(f"model folder not found: {model_dir}{where}")
+    load_options = _load_options(
+        model_dir, device, dtype, embeddings, None, backend, export_dir, fast, compile_, cuda_graphs, kernels
+    )
+    with console.status(f"loading {model_dir}"):
+        inverter = load(**load_options)
+    for note in inverter.model.notes:
+        console.print(f"[dim]{note}[/dim]")
+    steps = len(saved.sigmas) - 1
+    with progress_bar(console) as progress:
+        hook, _ = _stage_hook(progress, saved.stem, steps)
+        record = reconstruct_to_files(inverter, saved, out, hook)
+    seconds = _fmt(record["seconds_reconstruction"])
+    console.print(
+        f"{saved.stem}: {steps} steps, {record['nfe_reconstruction']} NFE, {seconds} s on "
+        f"{inverter.model.device} ({backend} backend); wrote {saved.stem}.reconstruct.png and "
+        f".reconstruct.json to {out}",
+        markup=False,
+    )
 
 
 def _stage_hook(progress: Progress, stem: str, steps: int) -> tuple[Callable[[str], None], TaskID]:
@@ -564,6 +662,13 @@ def export(
         float | None, typer.Option(help="trt: builder workspace limit in GiB (default: TensorRT's).")
     ] = None,
     opt_level: Annotated[int, typer.Option(help="trt: builder optimisation level, 0 (fast build) … 5.")] = 3,
+    gpu_arch: Annotated[
+        str | None,
+        typer.Option(
+            help="trt: build ahead of time, without a GPU, for this compute capability (TensorRT-RTX: "
+            "sm_75, sm_80, sm_86, sm_89, sm_120, sm_121); default: for the GPU here."
+        ),
+    ] = None,
 ) -> None:
     """Export the denoiser (and DeepInv solver) as ONNX graphs and, with --format trt, TensorRT engines."""
     import logging
@@ -580,10 +685,16 @@ def export(
     batch_range = parse_range(batch, "--batch")
     size_range = None if size is None else parse_range(size, "--size")
     text_range = None if text is None else parse_range(text, "--text")
+    if gpu_arch is not None and format_ != "trt":
+        raise FastinvError("--gpu-arch is for --format trt")
     if format_ == "trt":
-        from fastinv.runtime.tensorrt.engine import tensorrt_module
+        from fastinv.runtime.tensorrt import library
 
-        tensorrt_module()  # before any work: one line when TensorRT is missing
+        if gpu_arch is None:
+            library.check_any()  # before any work: one line when neither TensorRT library is here
+        else:
+            gpu_arch = library.parse_arch(gpu_arch)
+            library.for_arch(gpu_arch)
     _quiet_libraries()
     _check_out(out)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes on absent torchvision ops
@@ -619,13 +730,22 @@ def export(
             size=size_range,
             text=text_range,
             device=device,
+            gpu_arch=gpu_arch,
             workspace_gib=workspace,
             optimization_level=opt_level,
-            check=check,
+            check=check and gpu_arch is None,
         )
+        if check and gpu_arch is not None:
+            console.print(
+                f"[dim]engines built ahead of time for {gpu_arch} cannot run here: not checked[/dim]"
+            )
         for build in builds:
             verb = "built" if build.engine.built else "reused cached"
-            line = f"{verb} {build.engine.path} for {build.profile.describe()}"
+            facts = build.engine.facts
+            line = (
+                f"{verb} {build.engine.path} ({facts.built_by}, {facts.compute_capability}) "
+                f"for {build.profile.describe()}"
+            )
             console.print(line, markup=False, soft_wrap=True)
             if build.parity is not None:
                 console.print(str(build.parity), markup=False, soft_wrap=True)
@@ -826,8 +946,24 @@ def _version_of(package: str) -> str:
 
 
 @app.command()
-def info() -> None:
-    """Print versions, devices, backends and inversion methods."""
+def info(
+    export_dir: Annotated[
+        Path | None,
+        typer.Option(help="Also list the TensorRT engines in this folder: graph, library, GPU architecture."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also print this model folder's family and variant and each memory plan's estimated peak "
+            "(from its configs and safetensors headers; nothing is loaded)."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="With --model: the dtype to estimate for, as a run's --dtype (GPU: bf16).")
+    ] = "auto",
+) -> None:
+    """Print versions, devices, backends and inversion methods (and the engines in an export folder, and a
+    model folder's memory plans)."""
     import torch
 
     from fastinv import __version__
@@ -838,13 +974,26 @@ def info() -> None:
     from fastinv.models import DEFAULT_MODEL
     from fastinv.run_config import RunConfig
     from fastinv.runtime.exports import available_backends
+    from fastinv.runtime.tensorrt import library
+    from fastinv.runtime.tensorrt.cache import engines_in
 
+    estimate = None
+    if model is not None:  # its errors before any output
+        from fastinv.models.footprint import footprint
+
+        estimate = footprint(model, resolve_dtype(dtype, resolve_device("auto")))
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
     table.add_column("value")
     table.add_row("python", platform.python_version())
-    for package in ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "tensorrt", "triton"):
+    for package in ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "triton"):
         table.add_row(package, _version_of(package))
+    found = library.present()
+    table.add_row("tensorrt (datacenter GPUs; builds on the GPU here)", found[library.TENSORRT])
+    rtx = (
+        f"{found[library.TENSORRT_RTX]}; runs on and builds ahead of time for {', '.join(library.RTX_ARCHS)}"
+    )
+    table.add_row("tensorrt_rtx (RTX GPUs)", rtx)
     table.add_row("cpu threads", str(torch.get_num_threads()))
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     table.add_row("cuda devices", ", ".join(gpus) if gpus else "none")
@@ -860,6 +1009,57 @@ def info() -> None:
     table.add_row("methods", methods)
     table.add_row("lpips (alex)", "available" if lpips_available() else "unavailable (see README: metrics)")
     console.print(table)
+    if export_dir is not None:
+        engines = engines_in(export_dir)
+        console.print(
+            f"TensorRT engines in {export_dir}: {len(engines) or 'none'}", markup=False, soft_wrap=True
+        )
+        for engine, facts in engines:
+            line = (
+                f"  {engine.name}: built by {facts.built_by} for {facts.compute_capability} "
+                f"({facts.device_name}), {facts.precision}, {facts.profile.describe()}"
+            )
+            console.print(line, markup=False, soft_wrap=True)
+    if estimate is not None:
+        _print_footprint(model, estimate)
+
+
+def _print_footprint(model_dir: Path, estimate: Any) -> None:
+    """`info --model`: the folder's variant (and a distilled model's warning), each component's weights, the
+    activations, and each memory plan's estimated peak (a `fastinv.models.footprint.Footprint`)."""
+    from fastinv.models.footprint import memory_size
+
+    variant = estimate.variant
+    line = f"{model_dir}: {variant.family}, {variant.name} ({variant.evidence})"
+    console.print(line, markup=False, soft_wrap=True)
+    if variant.distilled is not None:
+        console.print(variant.distilled, style="yellow", markup=False, soft_wrap=True)
+    precision = str(estimate.dtype).removeprefix("torch.")
+    table = Table(title=f"estimated device memory in {precision} (fastinv.models.footprint says how)")
+    for column in ("component", "parameters", "memory"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for part in estimate.components:
+        count = "n/a" if part.parameters is None else f"{part.parameters / 1e6:,.1f} M"
+        table.add_row(part.name, count, part.note or memory_size(part.bytes))
+    (width, height), (image, text) = estimate.resolution, estimate.tokens
+    where = f"{width}×{height}: {image} image + {text} text tokens; CFG ×2"
+    activations = {f"transformer activations per image ({where})": estimate.denoiser_activations}
+    if estimate.vae_activations:
+        activations[f"VAE decode activations ({width}×{height})"] = estimate.vae_activations
+    for name, size in activations.items():
+        table.add_row(name, "", memory_size(size))
+    console.print(table)
+    plans = Table(title="memory plans (--offload): estimated peak on the device")
+    for column in ("--offload", "peak", "on the device"):
+        plans.add_column(column, justify="right" if column == "peak" else "left")
+    held = {
+        "none": "every component",
+        "text": "transformer and VAE; text encoders in CPU memory",
+        "model": "one component at a time",
+    }
+    for plan, peak in estimate.plans.items():
+        plans.add_row(plan, memory_size(peak), held[plan])
+    console.print(plans)
 
 
 _received: list[int] = []

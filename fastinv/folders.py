@@ -28,8 +28,9 @@ from fastinv.outputs import read_output_set
 from fastinv.pipeline import InversionJob, StepHook, invert_batch_to_files
 
 MANIFEST = "manifest.jsonl"
-MANIFEST_FIELDS = ("image", "name", "status", "seconds", "metrics", "error")
-"""The keys of each manifest line; status is "ok", "skipped" (resume) or "error"."""
+MANIFEST_FIELDS = ("image", "name", "status", "seconds", "metrics", "peak_memory_mib", "error")
+"""The keys of each manifest line; status is "ok", "skipped" (resume) or "error"; peak_memory_mib: the higher
+of the image's inversion and reconstruction peaks (`outputs.peak_memory_record`), null unless "ok"."""
 MANIFEST_INTERVAL_S = 1.0
 """The manifest is rewritten at most this often while a run goes on, and always at its end."""
 _LOOKED_FOR = f"looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
@@ -164,6 +165,7 @@ def outcome(
     *,
     seconds: float | None = None,
     metrics: dict[str, Any] | None = None,
+    peak_memory_mib: float | None = None,
     error: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -177,6 +179,7 @@ def outcome(
         "status": status,
         "seconds": seconds,
         "metrics": scores,
+        "peak_memory_mib": peak_memory_mib,
         "error": error,
         "details": details,
     }
@@ -218,7 +221,15 @@ def _inverted(item: Item, record: dict[str, Any]) -> dict[str, Any]:
         "seconds_reconstruction": reconstruct_s,
         "notes": record["image_notes"],
     }
-    return outcome(item, "ok", seconds=invert_s + reconstruct_s, metrics=record["metrics"], details=details)
+    peaks = [mib for mib in record["peak_memory_mib"].values() if mib is not None]
+    return outcome(
+        item,
+        "ok",
+        seconds=invert_s + reconstruct_s,
+        metrics=record["metrics"],
+        peak_memory_mib=max(peaks, default=None),
+        details=details,
+    )
 
 
 class Manifest:

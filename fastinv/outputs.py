@@ -1,5 +1,6 @@
 """What one inverted (or edited) image leaves on disk: z_T, the reconstruction and a metrics record; the
-source, the edit and a side-by-side PNG.
+source, the edit and a side-by-side PNG. A saved z_T read back as untrusted input (`read_latents_file`), and
+its regeneration's PNG and record (`fastinv reconstruct`).
 
 A set is written with `publish_files`: every file staged first, then renamed, the JSON record last, so an
 interrupted run leaves nothing half-written and no new file before its set is complete. Every file of a set
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from fastinv import __version__
@@ -28,6 +31,7 @@ from fastinv.files import (
     side_by_side,
 )
 from fastinv.images import pixels_to_pil
+from fastinv.masks import Mask
 from fastinv.models import FlowModel
 from fastinv.results import Edit, Inversion, Reconstruction
 
@@ -54,10 +58,17 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
         "prompt": inversion.cond.prompt,
         "guidance": inversion.cond.guidance_scale,
         "embedded_guidance": inversion.cond.embedded_guidance,
+        **runtime_record(model),
+        "run_config": None if inversion.config is None else inversion.config.record(),
+    }
+
+
+def runtime_record(model: FlowModel) -> dict[str, str]:
+    """What ran the model: its backend, device and dtype."""
+    return {
         "backend": model.velocity.backend,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
-        "run_config": None if inversion.config is None else inversion.config.record(),
     }
 
 
@@ -89,6 +100,9 @@ def write_outputs(
         "nfe_reconstruction": reconstruction.nfe,
         "seconds_inversion": inversion.result.seconds,
         "seconds_reconstruction": reconstruction.seconds,
+        **peak_memory_record(
+            model, inversion=inversion.peak_memory_mib, reconstruction=reconstruction.peak_memory_mib
+        ),
         "metrics": metrics,
     }
     zt, recon, metrics_file = (out / f"{stem}{suffix}" for suffix in INVERSION_FILES)
@@ -123,7 +137,8 @@ def write_edit_outputs(
     metrics: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """Write `<stem>.source.png` (the input as the model saw it), `.edit.png`, `.side_by_side.png`
-    (source | reconstruction | edit) and `.edit.json` under `out`; return the record.
+    (source | reconstruction | edit, and the mask of a local edit) and `.edit.json` under `out`; return the
+    record.
 
     metrics: {"reconstruction": …, "edit": …}, each scored against the source (Inverter.evaluate)."""
     inversion = edit.inversion
@@ -134,6 +149,8 @@ def write_edit_outputs(
         ("reconstruction", reconstruction.image),
         (f"edit: {edit.target_prompt}", edit.edited.image),
     ]
+    if edit.mask is not None:
+        panels.append((f"mask, feather {edit.mask.feather} px", mask_image(edit.mask)))
     record = edit_record(model, edit, metrics, run[RUN_ID])
     publish_files(
         {
@@ -163,10 +180,147 @@ def edit_record(
             "strength": edit.strength,
             "start": edit.start,
             "stop": edit.stop,
+            "mask": mask_record(edit.mask),
             "nfe_inversion": inversion.result.nfe,
             "nfe_edit": edit.edited.nfe,
             "seconds_inversion": inversion.result.seconds,
             "seconds_edit": edit.edited.seconds,
+            **peak_memory_record(
+                model, inversion=inversion.peak_memory_mib, edit=edit.edited.peak_memory_mib
+            ),
             "metrics": metrics,
         }
     )
+
+
+def mask_image(mask: Mask) -> Image.Image:
+    """The mask's weights as a grey image: white editable, black kept."""
+    return pixels_to_pil(mask.weights.expand(1, 3, -1, -1) * 2 - 1)
+
+
+def mask_record(mask: Mask | None) -> dict[str, Any] | None:
+    """A local edit's mask in its record: its file, feather radius (px) and editable share; None: no mask."""
+    if mask is None:
+        return None
+    return {"source": mask.source, "feather": mask.feather, "editable_fraction": mask.editable_fraction}
+
+
+def peak_memory_record(model: FlowModel, **stages: float | None) -> dict[str, Any]:
+    """The record's `peak_memory_mib`, each stage's peak in MiB (None: not measured), and `peak_memory`, what
+    it measures on the model's device (`fastinv.bench.memory.PeakMemory.kind`)."""
+    from fastinv.bench.memory import PeakMemory  # here: fastinv.bench imports this module
+
+    return {"peak_memory_mib": stages, "peak_memory": PeakMemory.kind(model.device)}
+
+
+RECONSTRUCTION_FILES = (".reconstruct.png", ".reconstruct.json")
+"""What `fastinv reconstruct` writes for a z_T file, `<stem><suffix>`; the last marks the set complete."""
+MAX_LATENTS_FILE = 256 << 20
+"""The largest z_T file read, in bytes: far above any z_T (FLUX's of a 4096² image is 16 MiB)."""
+SAVED_KEYS = ("model", "steps", "sigmas", "prompt", "guidance", "embedded_guidance")
+"""The metadata a z_T file needs to be regenerated (`inversion_record` writes them)."""
+
+
+@dataclass(frozen=True)
+class SavedLatents:
+    """A z_T file `write_outputs` wrote, read and checked (`read_latents_file`): z_T [1, C, h, w] float32, the
+    N+1 sigmas (float64, decreasing) it was inverted over, the model folder, prompt, CFG scale and FLUX-dev
+    embedded guidance it was inverted with, and its run id."""
+
+    path: Path
+    z_T: torch.Tensor
+    sigmas: torch.Tensor
+    model: str
+    prompt: str
+    guidance: float
+    embedded_guidance: float | None
+    run_id: str | None
+
+    @property
+    def stem(self) -> str:
+        """The output name: the file's name without `.zT.safetensors` (or `.safetensors`)."""
+        name = self.path.name
+        for suffix in (INVERSION_FILES[0], ".safetensors"):
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name.removesuffix(suffix)
+        return self.path.stem
+
+
+def read_latents_file(path: Path) -> SavedLatents:
+    """Read a z_T file as untrusted input: a .safetensors file (nothing is unpickled) of at most
+    MAX_LATENTS_FILE bytes, every metadata value's type and range checked; one-line errors naming the file."""
+    from fastinv.api import check_request, check_schedule  # the checks every request gets
+
+    path = Path(path)
+    if not path.is_file():
+        raise FastinvError(f"z_T file not found: {path}")
+    if path.suffix != ".safetensors":
+        raise FastinvError(f"{path} is not a .safetensors file (fastinv invert writes NAME.zT.safetensors)")
+    if path.stat().st_size > MAX_LATENTS_FILE:
+        raise FastinvError(f"{path} is over {MAX_LATENTS_FILE >> 20} MiB: not a z_T file")
+    z_T, meta = load_latents(path)
+    try:
+        missing = [key for key in SAVED_KEYS if key not in meta]
+        if missing:
+            raise FastinvError(f"its metadata has no {', '.join(missing)}")
+        model, sigmas, run_id = meta["model"], meta["sigmas"], meta.get(RUN_ID)
+        if not isinstance(model, str) or not model.strip():
+            raise FastinvError(f"model must be a folder path, got {model!r}")
+        if run_id is not None and not isinstance(run_id, str):
+            raise FastinvError(f"run_id must be a string, got {run_id!r}")
+        check_request(
+            steps=meta["steps"],
+            prompt=meta["prompt"],
+            guidance=meta["guidance"],
+            embedded_guidance=meta["embedded_guidance"],
+        )
+        if (
+            not isinstance(sigmas, list)
+            or len(sigmas) != meta["steps"] + 1
+            or not all(isinstance(s, float) or (type(s) is int and 0 <= s <= 1) for s in sigmas)
+        ):
+            raise FastinvError(f"sigmas must be a list of steps + 1 = {meta['steps'] + 1} numbers")
+        schedule = torch.tensor(sigmas, dtype=torch.float64)
+        check_schedule(schedule)
+        if z_T.ndim != 4 or z_T.shape[0] != 1 or 0 in z_T.shape:
+            raise FastinvError(f"z_T must be [1, C, h, w], got {list(z_T.shape)}")
+        if not bool(torch.isfinite(z_T).all()):
+            raise FastinvError("z_T holds NaN or inf")
+    except (FastinvError, OverflowError) as err:  # OverflowError: an integer too large for a float
+        raise FastinvError(f"{path}: {err} (not a z_T file fastinv invert wrote?)") from err
+    embedded = meta["embedded_guidance"]
+    return SavedLatents(
+        path,
+        z_T,
+        schedule,
+        model,
+        meta["prompt"],
+        float(meta["guidance"]),
+        None if embedded is None else float(embedded),
+        run_id,
+    )
+
+
+def write_reconstruction_outputs(
+    out: Path, model: FlowModel, saved: SavedLatents, reconstruction: Reconstruction
+) -> dict[str, Any]:
+    """Publish `<stem>.reconstruct.png` and `.reconstruct.json` under `out` as one set (one run id); return
+    the record: the z_T file and its run id, what it was regenerated with, NFE and seconds."""
+    record = {
+        "fastinv_version": __version__,
+        "latents": str(saved.path),
+        "latents_run_id": saved.run_id,
+        "model": model.name,
+        "steps": len(saved.sigmas) - 1,
+        "prompt": saved.prompt,
+        "guidance": saved.guidance,
+        "embedded_guidance": reconstruction.embedded_guidance,
+        **runtime_record(model),
+        "nfe_reconstruction": reconstruction.nfe,
+        "seconds_reconstruction": reconstruction.seconds,
+        RUN_ID: secrets.token_hex(8),
+    }
+    png, record_file = (out / f"{saved.stem}{suffix}" for suffix in RECONSTRUCTION_FILES)
+    image = pixels_to_pil(reconstruction.pixels)
+    publish_files({png: png_writer(image, {RUN_ID: record[RUN_ID]}), record_file: json_writer(record)})
+    return record

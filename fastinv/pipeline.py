@@ -12,6 +12,9 @@ per pixel size; steps 3–5 run per image. One image alone is the same call as `
 
 An edit runs 1–4, regenerates from z_T with the target prompt (Inverter.edit), scores that too, and writes
 the edit's files (outputs.write_edit_outputs).
+
+A saved z_T (`outputs.read_latents_file`) runs step 3 alone, on its recorded schedule, prompt and guidance
+(Inverter.reconstruct_latents), then publishes the reconstruction (outputs.write_reconstruction_outputs).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from typing import Any
 
 from fastinv.api import ImageSource, Inverter
 from fastinv.images import LoadedImage
+from fastinv.masks import DEFAULT_FEATHER, Mask, mask_scores
 from fastinv.methods import AUTO
-from fastinv.outputs import write_edit_outputs, write_outputs
+from fastinv.outputs import SavedLatents, write_edit_outputs, write_outputs, write_reconstruction_outputs
 from fastinv.results import Edit, Inversion, Reconstruction
 from fastinv.sampling import SourceControl
 
@@ -37,7 +41,8 @@ StepHook = Callable[[str], None]
 @dataclass(frozen=True)
 class InversionJob:
     """What to invert with: the prompt, the method ("auto": `Inverter.resolve_method`), N steps, the CFG
-    scale, FLUX-dev's embedded guidance (None: the model's default) and the method's options (`--set`)."""
+    scale, FLUX-dev's embedded guidance (None: the model's default) and the method's options (`--set`);
+    keep_trajectory: keep the latents of every step (a masked edit follows them outside its mask)."""
 
     prompt: str = ""
     method: str = AUTO
@@ -45,12 +50,14 @@ class InversionJob:
     guidance: float = 1.0
     embedded_guidance: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    keep_trajectory: bool = False
 
 
 @dataclass(frozen=True)
 class EditJob:
     """What to regenerate with: the target prompt, its CFG scale, RF-Inversion's strength η over the
-    sampling steps in [start, stop) (fractions), FLUX-dev's embedded guidance (None: 3.5)."""
+    sampling steps in [start, stop) (fractions), FLUX-dev's embedded guidance (None: 3.5); a local edit's
+    mask (white = editable, `fastinv.masks`; None: the whole image) and its feather radius, px."""
 
     target_prompt: str
     guidance: float = 1.0
@@ -58,6 +65,8 @@ class EditJob:
     stop: float = 0.25
     start: float = 0.0
     embedded_guidance: float | None = None
+    mask: ImageSource | Mask | None = None
+    mask_feather: int = DEFAULT_FEATHER
 
 
 @dataclass
@@ -71,7 +80,9 @@ class RoundTrip:
 
 @dataclass
 class EditRun:
-    """An edit and its source's reconstruction; metrics: {"reconstruction": …, "edit": …}, vs the source."""
+    """An edit and its source's reconstruction; metrics: {"reconstruction": …, "edit": …}, vs the source,
+    and for a masked edit "mask_vs_reconstruction": the edit vs the reconstruction by region
+    (`masks.mask_scores`)."""
 
     edit: Edit
     reconstruction: Reconstruction
@@ -102,6 +113,7 @@ def invert_images(
         guidance=job.guidance,
         embedded_guidance=job.embedded_guidance,
         callback=_stage(hook, "invert"),
+        keep_trajectory=job.keep_trajectory,
         **job.options,
     )
     group = Counter(tuple(picture.pixels.shape) for picture in pictures)  # invert_batch's size groups
@@ -129,6 +141,30 @@ def reconstruct_and_score(
     """Steps 3–4: regenerate from z_T alone with the inversion's schedule and conditioning, then score."""
     reconstruction = inverter.reconstruct(inversion, callback=_stage(hook, "reconstruct"))  # 3
     return reconstruction, inverter.evaluate(inversion, reconstruction)  # 4
+
+
+def reconstruct_saved(
+    inverter: Inverter, saved: SavedLatents, hook: StepHook | None = None
+) -> Reconstruction:
+    """Step 3 for a z_T read from its file: regenerated on its recorded schedule with its recorded prompt and
+    guidance, as `reconstruct_and_score` regenerates the Inversion it came from."""
+    return inverter.reconstruct_latents(
+        saved.z_T,
+        saved.sigmas,
+        prompt=saved.prompt,
+        guidance=saved.guidance,
+        embedded_guidance=saved.embedded_guidance,
+        callback=_stage(hook, "reconstruct"),
+    )
+
+
+def reconstruct_to_files(
+    inverter: Inverter, saved: SavedLatents, out: Path, hook: StepHook | None = None
+) -> dict[str, Any]:
+    """Step 3 for a saved z_T, then `<stem>.reconstruct.png` and `.reconstruct.json` published under `out` as
+    one set; returns the record written."""
+    reconstruction = reconstruct_saved(inverter, saved, hook)
+    return write_reconstruction_outputs(out, inverter.model, saved, reconstruction)
 
 
 def round_trip(
@@ -179,8 +215,14 @@ def edit_image(
     target: EditJob,
     hook: StepHook | None = None,
 ) -> EditRun:
-    """Steps 1–4 with the source prompt, then the regeneration from z_T with the target's, scored too."""
+    """Steps 1–4 with the source prompt, then the regeneration from z_T with the target's, scored too; a
+    masked edit also scores the edit against the reconstruction inside and outside its mask."""
     SourceControl.check(target.strength, target.stop, target.start)  # before any work
+    mask = None
+    if target.mask is not None:
+        image = image if isinstance(image, LoadedImage) else inverter.prepare_image(image)
+        mask = inverter.prepare_mask(target.mask, image, target.mask_feather)
+        job = dataclasses.replace(job, keep_trajectory=True)
     trip = round_trip(inverter, image, job, hook)
     edit = inverter.edit(
         trip.inversion,
@@ -191,8 +233,11 @@ def edit_image(
         start=target.start,
         embedded_guidance=target.embedded_guidance,
         callback=_stage(hook, "edit"),
+        mask=mask,
     )
     metrics = {"reconstruction": trip.metrics, "edit": inverter.evaluate(trip.inversion, edit.edited)}
+    if mask is not None:
+        metrics["mask_vs_reconstruction"] = mask_scores(mask, edit.edited.pixels, trip.reconstruction.pixels)
     return EditRun(edit, trip.reconstruction, metrics)
 
 

@@ -1,8 +1,10 @@
 """The forward ODE sampler: regenerate a clean latent from noise along a sigma schedule, optionally held
-close to a source image (RF-Inversion's controlled ODE, for edits)."""
+close to a source image (RF-Inversion's controlled ODE, for edits) and, for a local edit, on the source's
+inversion trajectory outside a mask."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +61,25 @@ class SourceControl:
         return range(int(self.start * n), min(int(self.stop * n), n))
 
 
+@dataclass(frozen=True)
+class SourceTrajectory:
+    """Local edits: outside a mask, the sampled latents follow the source's inversion trajectory.
+
+    mask: [1 or B, 1, h, w] float32 weights in [0, 1] at latent size, 1 = editable (`masks.Mask.at`);
+    trajectory: the inversion's N+1 latents [B, C, h, w], from σ_N = 0 up to σ_0 (`InversionResult`'s).
+    After sampling step i, z(σ_{i+1}) ← m·z + (1 − m)·z_src(σ_{i+1}), so where m = 0 the edit ends on the
+    source latents x0 themselves and where m = 1 it is the unmasked edit's update.
+    """
+
+    mask: torch.Tensor
+    trajectory: Sequence[torch.Tensor]
+
+    def blend(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """z at σ_{i+1} after sampling step i, blended with the source latent at the same σ."""
+        source = self.trajectory[len(self.trajectory) - 2 - i]  # trajectory[k] is at σ_{N−k}
+        return torch.lerp(source.to(z), z, self.mask.to(z))
+
+
 @torch.no_grad()
 def sample_euler(
     model: VelocityModel,
@@ -68,6 +89,7 @@ def sample_euler(
     *,
     callback: StepCallback | None = None,
     control: SourceControl | None = None,
+    source: SourceTrajectory | None = None,
     config: RunConfig | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate dz/dσ = v from σ_0 (noise) to σ_N = 0; returns (the clean latent [B, C, H, W] float32,
@@ -76,6 +98,7 @@ def sample_euler(
     Step: z(σ_{i+1}) = z(σ_i) + (σ_{i+1} − σ_i)·v(z(σ_i), σ_i). With cond.guidance_scale != 1 every
     call is a CFG pair batched into one denoiser call (1 NFE of batch 2B). `control` pulls the first
     steps towards a source image (see SourceControl); without it the CFG combine is fused into the update.
+    `source` keeps the latents outside a mask on the source's inversion trajectory (see SourceTrajectory).
     `config` (a RunConfig; None: eager defaults) picks the step kernels and CUDA-graph capture.
     """
     config = config or RunConfig()
@@ -84,6 +107,8 @@ def sample_euler(
     n = len(sigmas) - 1
     controlled = range(0) if control is None else control.window(n)
     x0 = None if control is None else control.x0.float()
+    if source is not None and len(source.trajectory) != n + 1:
+        raise ValueError(f"a masked edit needs the N+1 = {n + 1} latents of the inversion's trajectory")
 
     def euler_step(z: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         v, v_null = model.branches(z, sigma, cond)
@@ -101,6 +126,8 @@ def sample_euler(
         sigma, sigma_lower = sigmas[i], sigmas[i + 1]
         eta = sigma_batch(control.strength if i in controlled else 0.0, z)
         z = step(z, sigma_batch(sigma, z), step_size(sigma, sigma_lower, z), eta)
+        if source is not None:
+            z = source.blend(i, z)
         if callback is not None:
             callback(
                 {"i": i, "sigma": float(sigma), "sigma_lower": float(sigma_lower), "z": z, "nfe": model.calls}

@@ -84,6 +84,12 @@ def tiny_sd3_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd35_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SD3.5-medium-like folder: the tiny SD3 with ``qk_norm="rms_norm"`` and one dual-attention layer."""
+    return _folder(tmp_path_factory, "tiny_sd35", lambda f: make_tiny_sd3(f, sd35=True))
+
+
+@pytest.fixture(scope="session")
 def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FLUX.1-schnell-like folder (no guidance embedding) with CLIP + T5."""
     return _folder(tmp_path_factory, "tiny_flux", make_tiny_flux)

@@ -15,6 +15,8 @@ SD3 (``make_tiny_sd3``)
     (images up to 256 px; 64 px -> 8x8 latent -> 16 tokens).
     Text: CLIP-L-like hidden/proj 16, CLIP-G-like hidden/proj 24, 77 tokens each; T5 ``d_model`` 48.
     ``encode_prompt(max_sequence_length=L)`` returns prompt embeds ``(B, 77 + L, 48)`` and pooled ``(B, 40)``.
+    SD3.5 (``make_tiny_sd3(..., sd35=True)``): the same with SD3.5-medium's MMDiT-X switches,
+    ``qk_norm="rms_norm"`` and ``dual_attention_layers=(0,)`` (dual attention in the first of the 2 layers).
 
 FLUX (``make_tiny_flux``)
     VAE: 4 latent channels (16 packed), ``vae_scale_factor`` 8, scaling 0.3611 / shift 0.1159.
@@ -175,13 +177,15 @@ def make_tiny_sd3(
     text_encoders: bool = True,
     vae: bool = True,
     pixel_space: bool = False,
+    sd35: bool = False,
     seed: int = 0,
 ) -> Path:
     """Write a tiny ``StableDiffusion3Pipeline`` folder to ``root`` and return ``root``.
 
     ``text_encoders=False`` saves the two CLIPs, T5 and their tokenizers as ``null`` entries in
     ``model_index.json``; ``vae=False`` leaves out the VAE the same way. ``pixel_space=True`` builds a
-    3-channel transformer that works directly on 64x64 pixels and implies no VAE.
+    3-channel transformer that works directly on 64x64 pixels and implies no VAE. ``sd35=True`` gives the
+    transformer SD3.5-medium's ``qk_norm="rms_norm"`` and a dual-attention first layer.
     """
     with_vae = vae and not pixel_space
     channels = 3 if pixel_space else SD3_LATENT_CHANNELS
@@ -199,6 +203,8 @@ def make_tiny_sd3(
             caption_projection_dim=32,
             pooled_projection_dim=SD3_POOLED_DIM,
             pos_embed_max_size=64 if pixel_space else 16,
+            qk_norm="rms_norm" if sd35 else None,
+            dual_attention_layers=(0,) if sd35 else (),
         ),
     )
     components: dict[str, object] = {

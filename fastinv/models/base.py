@@ -20,6 +20,7 @@ from fastinv.models.prompt_cache import PromptCache
 from fastinv.schedule import flow_sigmas
 
 if TYPE_CHECKING:
+    from fastinv.models.offload import Offloader
     from fastinv.runtime.graph import GraphVelocity
 
 
@@ -99,6 +100,9 @@ class TransformerVelocity:
     """
 
     backend = "torch"
+    offload: Offloader | None = None
+    """Model CPU offload (`fastinv.models.offload`): the network rests in CPU memory and `branches` moves it
+    to the offloader's device first; None: it stays where it is."""
 
     def __init__(self, network: torch.nn.Module, dtype: torch.dtype) -> None:
         self.network = network
@@ -106,6 +110,9 @@ class TransformerVelocity:
 
     @property
     def device(self) -> torch.device:
+        """Where the network runs (with offload: its device, also while the network rests in CPU memory)."""
+        if self.offload is not None:
+            return self.offload.device
         return next(self.network.parameters()).device
 
     @property
@@ -131,6 +138,8 @@ class TransformerVelocity:
         For fused kernels that do the CFG combine in their own pass (`fastinv.kernels`).
         """
         fp16 = "use --dtype bf16 or fp32" if self.dtype == torch.float16 else None
+        if self.offload is not None:
+            self.offload.use(self.network)
         return cfg_branches(
             self.predict, z, sigma, cond, dtype=self.dtype, device=self.device, fp16_remedy=fp16
         )

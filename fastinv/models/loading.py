@@ -2,6 +2,8 @@
 
 Accepted layouts: a pipeline folder (model_index.json + transformer/ [+ vae/, scheduler/, text
 encoders]) or a transformer folder (config.json + weights). Nothing is fetched from a hub.
+The folder's components are loaded first, then built into the model by `build_model`, which a pipeline
+already in memory goes through too (`fastinv.models.pipelines`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -176,65 +179,53 @@ def patch_tokens(latent_height: int, latent_width: int, *, patch: int) -> int:
     return (latent_height // patch) * (latent_width // patch)
 
 
-def load_model(
-    model_dir: str | Path | None = None,
-    *,
-    device: torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    embeddings: str | Path | None = None,
-    transformer_weights: bool = True,
-) -> FlowModel:
-    """Load an SD3 or FLUX folder: transformer, VAE (or identity for 3-channel pixel models),
-    scheduler config (family defaults when absent) and a prompt encoder. None: the shipped default model.
+@dataclass
+class ModelParts:
+    """The loaded components a FlowModel is built from (`build_model`): a model folder's (`load_model`) or a
+    diffusers pipeline's (`fastinv.models.pipelines.model_from_pipeline`), already on the model's device.
 
-    transformer_weights=False builds the transformer from its config on the meta device (no memory):
-    for callers that run an exported graph instead and need only the architecture.
+    name: what records call the model (its folder); transformer: an SD3Transformer2DModel or
+    FluxTransformer2DModel, in the model's dtype; vae: None for a pixel-space (3-channel) transformer;
+    scheduler_config: None takes the family's defaults; resolution: (W, H) of a fixed-resolution model.
     """
-    if model_dir is None and not (DEFAULT_MODEL / "model_index.json").is_file():
-        raise FastinvError(f"the shipped default model is missing from this install ({DEFAULT_MODEL})")
-    model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
-    device = device or torch.device("cpu")
-    family, transformer_dir, index = inspect_folder(model_dir)
-    notes: list[str] = []
-    network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
-    if transformer_weights:
-        network = _load("the transformer", network_cls, transformer_dir, dtype).to(device).eval()
-    else:
-        with torch.device("meta"):
-            network = network_cls.from_config(_read_json(transformer_dir / "config.json")).eval()
-    network.requires_grad_(False)
-    in_channels = network.config.in_channels if family == "sd3" else network.config.in_channels // 4
 
+    name: str
+    family: str
+    transformer: torch.nn.Module
+    vae: AutoencoderKL | None
+    scheduler_config: dict[str, Any] | None
+    prompt_encoder: PromptEncoder
+    resolution: tuple[int, int] | None = None
+    solver_dir: Path | None = None
+    weights_dir: Path | None = None
+
+
+def build_model(parts: ModelParts, device: torch.device, dtype: torch.dtype) -> FlowModel:
+    """The FlowModel of `parts`: the codec (the VAE, or the identity for a pixel-space transformer), the
+    family's velocity adapter and schedule rule. The transformer and VAE are set to eval and frozen in place,
+    not copied."""
+    notes: list[str] = []
+    network = parts.transformer.eval().requires_grad_(False)
+    in_channels = network.config.in_channels if parts.family == "sd3" else network.config.in_channels // 4
     codec: LatentCodec
-    if index is not None and _has_component(model_dir, index, "vae"):
-        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device).eval()
-        vae.requires_grad_(False)
-        codec = VaeCodec(vae, dtype)
+    if parts.vae is not None:
+        codec = VaeCodec(parts.vae.eval().requires_grad_(False), dtype)
         if codec.channels != in_channels:
             raise FastinvError(
-                f"{model_dir}: VAE latents have {codec.channels} channels, the transformer {in_channels}"
+                f"{parts.name}: VAE latents have {codec.channels} channels, the transformer {in_channels}"
             )
     elif in_channels == 3:
         codec = IdentityCodec()
         notes.append("pixel-space model: no VAE, latents are RGB in [-1, 1]")
     else:
-        raise FastinvError(
-            f"{model_dir} has no vae/ folder and its transformer takes {in_channels}-channel latents"
-        )
+        raise FastinvError(f"{parts.name} has no VAE and its transformer takes {in_channels}-channel latents")
 
-    scheduler_file = model_dir / "scheduler" / "scheduler_config.json"
-    if scheduler_file.is_file():
-        scheduler_config = _read_json(scheduler_file)
-    else:
-        scheduler_config = dict(SD3_SCHEDULER_DEFAULTS if family == "sd3" else FLUX_SCHEDULER_DEFAULTS)
-        notes.append(f"no scheduler/ folder: using {family.upper()} defaults {scheduler_config}")
+    scheduler_config = parts.scheduler_config
+    if scheduler_config is None:
+        scheduler_config = dict(SD3_SCHEDULER_DEFAULTS if parts.family == "sd3" else FLUX_SCHEDULER_DEFAULTS)
+        notes.append(f"no scheduler: using {parts.family.upper()} defaults {scheduler_config}")
 
-    embeddings_path = Path(embeddings) if embeddings is not None else None
-    if embeddings_path is None and (model_dir / "prompt_embeds.safetensors").is_file():
-        embeddings_path = model_dir / "prompt_embeds.safetensors"
-    prompts = _prompt_encoder(family, model_dir, index, embeddings_path, device, dtype)
-
-    if family == "sd3":
+    if parts.family == "sd3":
         embedded = False
         velocity = SD3Velocity(network, dtype)
         patch = network.config.patch_size
@@ -247,20 +238,66 @@ def load_model(
         patch, max_side, seq_len = 2, None, packed_seq_len
         embedded = velocity.guidance_embeds
     return FlowModel(
-        name=str(model_dir),
-        family=family,
+        name=parts.name,
+        family=parts.family,
         velocity=velocity,
         codec=codec,
-        prompt_encoder=prompts,
+        prompt_encoder=parts.prompt_encoder,
         scheduler_config=scheduler_config,
         size_multiple=codec.scale_factor * patch,
         max_side=max_side,
-        resolution=_resolution(index, model_dir),
+        resolution=parts.resolution,
         device=device,
         dtype=dtype,
         notes=notes,
         schedule_seq_len=seq_len,
         takes_embedded_guidance=embedded,
+        solver_dir=parts.solver_dir,
+        weights_dir=parts.weights_dir,
+    )
+
+
+def load_model(
+    model_dir: str | Path | None = None,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    embeddings: str | Path | None = None,
+    transformer_weights: bool = True,
+) -> FlowModel:
+    """Load an SD3 or FLUX folder's components (transformer, VAE if any, scheduler config, a prompt encoder)
+    and build the model from them (`build_model`). None: the shipped default model.
+
+    transformer_weights=False builds the transformer from its config on the meta device (no memory):
+    for callers that run an exported graph instead and need only the architecture.
+    """
+    if model_dir is None and not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise FastinvError(f"the shipped default model is missing from this install ({DEFAULT_MODEL})")
+    model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
+    device = device or torch.device("cpu")
+    family, transformer_dir, index = inspect_folder(model_dir)
+    network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
+    if transformer_weights:
+        network = _load("the transformer", network_cls, transformer_dir, dtype).to(device)
+    else:
+        with torch.device("meta"):
+            network = network_cls.from_config(_read_json(transformer_dir / "config.json"))
+    vae = None
+    if index is not None and _has_component(model_dir, index, "vae"):
+        vae = _load("the VAE", AutoencoderKL, model_dir / "vae", dtype).to(device)
+    scheduler_file = model_dir / "scheduler" / "scheduler_config.json"
+    embeddings_path = Path(embeddings) if embeddings is not None else None
+    if embeddings_path is None and (model_dir / "prompt_embeds.safetensors").is_file():
+        embeddings_path = model_dir / "prompt_embeds.safetensors"
+    parts = ModelParts(
+        name=str(model_dir),
+        family=family,
+        transformer=network,
+        vae=vae,
+        scheduler_config=_read_json(scheduler_file) if scheduler_file.is_file() else None,
+        prompt_encoder=_prompt_encoder(family, model_dir, index, embeddings_path, device, dtype),
+        resolution=_resolution(index, model_dir),
         solver_dir=model_dir / "solver" if (model_dir / "solver" / "config.json").is_file() else None,
         weights_dir=transformer_dir,
     )
+    return build_model(parts, device, dtype)
