@@ -15,11 +15,9 @@ Writes masked_edit.json (every figure, command, hardware, versions) to --out and
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fastinv
+from fastinv.bench.report import environment
 from fastinv.files import save_json
 from fastinv.masks import DEFAULT_FEATHER, region_psnr
 from fastinv.training.photos import CAPTIONS, load_photo
@@ -124,17 +123,7 @@ def main() -> None:
         "stop": STOP,
         "mask": {"editable": "central 32×32 square of 64×64", "feather_px": DEFAULT_FEATHER},
         "regions": "outside: weight 0; inside: weight > 0; core: weight 1 (past the feather)",
-        "hardware": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": version("diffusers"),
-            "fastinv": fastinv.__version__,
-        },
+        **environment(torch.device("cpu")),
         "worst_outside_masked_vs_reconstruction": worst,
         "rows": rows,
     }

@@ -60,6 +60,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "diffusers": _version("diffusers"),
         "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
         "tensorrt": _version("tensorrt"),
+        "tensorrt_rtx": _version("tensorrt-rtx"),
         "fastinv": __version__,
     }
     return {"hardware": hardware, "versions": {k: v for k, v in versions.items() if v is not None}}

@@ -69,26 +69,29 @@ def import_library(name: str) -> Library:
     return library
 
 
-def present() -> dict[str, str]:
-    """Library name → its version, or why it cannot be used (for `fastinv info`)."""
-    found = {}
+def probe() -> dict[str, Library | str]:
+    """Library name → the imported library, or why it cannot be used (the import's error type, or the
+    version check's line)."""
+    found: dict[str, Library | str] = {}
     for name in TITLES:
         try:
-            found[name] = import_library(name).version
+            found[name] = import_library(name)
         except FastinvError as err:
-            found[name] = f"not usable ({str(err).rpartition('(')[2].rstrip(')')})"
+            found[name] = type(err.__cause__).__name__ if err.__cause__ is not None else str(err)
     return found
+
+
+def present() -> dict[str, str]:
+    """Library name → its version, or why it cannot be used (for `fastinv info`)."""
+    return {
+        name: found.version if isinstance(found, Library) else f"not usable ({found})"
+        for name, found in probe().items()
+    }
 
 
 def installed_versions() -> dict[str, str]:
     """Library name → version, for the TensorRT libraries importable here."""
-    versions = {}
-    for name in TITLES:
-        try:
-            versions[name] = import_library(name).version
-        except FastinvError:
-            continue
-    return versions
+    return {name: found.version for name, found in probe().items() if isinstance(found, Library)}
 
 
 def parse_arch(text: str) -> str:
@@ -131,14 +134,11 @@ def for_device(arch: str) -> Library:
 
 def check_any() -> None:
     """One line, before any work, when neither library can be imported."""
-    errors = []
-    for name in TITLES:
-        try:
-            import_library(name)
-            return
-        except FastinvError as err:
-            errors.append(f"{TITLES[name]}: {str(err).rpartition('(')[2].rstrip(')')}")
+    found = probe()
+    if any(isinstance(library, Library) for library in found.values()):
+        return
+    reasons = "; ".join(f"{TITLES[name]}: {reason}" for name, reason in found.items())
     raise FastinvError(
         f"the trt backend needs TensorRT (datacenter GPUs: {INSTALL[TENSORRT]}) or TensorRT-RTX (RTX GPUs: "
-        f"{INSTALL[TENSORRT_RTX]}); neither is usable here ({'; '.join(errors)})"
+        f"{INSTALL[TENSORRT_RTX]}); neither is usable here ({reasons})"
     )
