@@ -83,7 +83,8 @@ def _round_trip(inverter: Inverter) -> tuple[torch.Tensor, torch.Tensor]:
 def test_model_offload_runs_one_component_at_a_time(tiny_flux_dev_dir: Path, placements: dict) -> None:
     """--offload model: text encoders, VAE and transformer each run alone on the device, the others in CPU
     memory, in the order prompt → VAE encode → transformer → VAE decode (so the text encoders have left
-    before the denoiser runs); z_T and the reconstruction equal the plain run's bit for bit."""
+    before the denoiser runs); z_T and the reconstruction equal the plain run's to float rounding (a move
+    copies the weights, and CPU matrix products can round differently at another memory alignment)."""
     expected = _round_trip(Inverter(load_model(tiny_flux_dev_dir)))
     model = plan_model(load_model(tiny_flux_dev_dir), "model", DEVICE)
     assert isinstance(model.codec, OffloadedCodec) and isinstance(model.prompt_encoder, OffloadedPrompts)
@@ -95,7 +96,8 @@ def test_model_offload_runs_one_component_at_a_time(tiny_flux_dev_dir: Path, pla
     for hook in hooks:
         hook.remove()
     assert log == [("text", {"text"}), ("vae", {"vae"}), ("transformer", {"transformer"}), ("vae", {"vae"})]
-    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    for want, have in zip(expected, got, strict=True):
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
 
 
 def test_text_offload_keeps_the_text_encoders_in_cpu_memory(tiny_sd3_dir: Path, placements: dict) -> None:

@@ -76,14 +76,14 @@ def test_one_correction_is_second_order(a: float) -> None:
 @settings(max_examples=20, deadline=None)
 @given(a=st.floats(-1.8, 1.8), steps=st.integers(3, 30), seed=st.integers(0, 2**16))
 def test_corrections_converge_to_the_implicit_step(a: float, steps: int, seed: int) -> None:
-    """Where h·|a| < 1 on every step (|a| < 1.8, h ≤ 0.5 here), 60 iterations reach the closed form and the
-    reconstruction is exact."""
+    """Where h·|a| < 1 on every step (|a| ≤ 1.8, h ≤ 0.5 here: a contraction by ≤ 0.9 per iteration), 200
+    iterations (0.9^200 ≈ 7e-10) reach the closed form and the reconstruction is exact."""
     field, x0 = problem(a, seed)
     sigmas = flow_sigmas({"shift": 1.0}, steps)
     exact = field.implicit_inversion(x0, sigmas)
     errors = [
         (invert_warm_fixed_point(field, x0, sigmas, COND, corrections=c).z_T - exact).abs().max().item()
-        for c in (1, 60)
+        for c in (1, 200)
     ]
     assert errors[-1] < 1e-5 * max(1.0, exact.abs().max().item()), errors
     torch.testing.assert_close(sample_euler(field, exact, sigmas, COND)[0], x0, atol=1e-4, rtol=1e-4)
