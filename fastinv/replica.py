@@ -105,16 +105,23 @@ class Inversions:
             answer |= {"metrics": metrics, "reconstruction_png": _png(reconstruction.image)}
         return jsonable(answer)
 
-    async def edit(self, body: bytes, request: EditRequest) -> dict[str, Any]:
-        """POST /v1/edit's answer for the image file `body`."""
+    async def edit(self, body: bytes, request: EditRequest, mask: bytes | None = None) -> dict[str, Any]:
+        """POST /v1/edit's answer for the image file `body` (and the mask file `mask`: a local edit)."""
         request.check()
-        return await asyncio.to_thread(self._edit, body, request)
+        return await asyncio.to_thread(self._edit, body, request, mask)
 
-    def _edit(self, body: bytes, request: EditRequest) -> dict[str, Any]:
+    def _edit(self, body: bytes, request: EditRequest, mask: bytes | None) -> dict[str, Any]:
         picture = self.inverter.prepare_image(body)
+        local = None if mask is None else self.inverter.prepare_mask(mask, picture, request.mask_feather)
         job = InversionJob(request.source_prompt, request.method, request.steps, request.inversion_guidance)
         target = EditJob(
-            request.target_prompt, request.guidance, request.strength, request.stop, request.start
+            request.target_prompt,
+            request.guidance,
+            request.strength,
+            request.stop,
+            request.start,
+            mask=local,
+            mask_feather=request.mask_feather,
         )
         run = edit_image(self.inverter, picture, job, target)
         record = edit_record(self.inverter.model, run.edit, run.metrics, secrets.token_hex(8))

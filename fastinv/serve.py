@@ -13,7 +13,8 @@ The contract (README, "Service (Ray Serve)"):
     POST /v1/invert   the image file as the body; InvertRequest's fields as query parameters
                       → {"z_T": base64 .zT.safetensors, "nfe", "seconds", "method", "steps", "batch"}
                         (+ "metrics", "reconstruction_png" with reconstruct=true)
-    POST /v1/edit     the image file as the body; EditRequest's fields → {"edit_png", "record"}
+    POST /v1/edit     the image file as the body, or a form with the parts "image" and "mask" (a local edit);
+                      EditRequest's fields → {"edit_png", "record"}
     errors            {"error": one line}: 400 bad input, 404/405 route, 413 body over MAX_BODY_BYTES,
                       503 retryable (Retry-After), 500 internal
 """
@@ -21,7 +22,7 @@ The contract (README, "Service (Ray Serve)"):
 import asyncio
 import dataclasses
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,7 +33,9 @@ from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fastinv.errors import FastinvError, reason
 
@@ -78,17 +81,20 @@ class EditRequest:
     strength: float = 0.9
     stop: float = 0.25
     start: float = 0.0
+    mask_feather: int = 4  # fastinv.masks.DEFAULT_FEATHER, spelt out: the gateway imports no torch
 
     def check(self) -> None:
-        """One-line errors for an unknown method or a bad steps, prompt, guidance, strength or window (in a
-        model replica)."""
+        """One-line errors for an unknown method or a bad steps, prompt, guidance, strength, window or
+        mask feather (in a model replica)."""
         from fastinv.api import check_request
+        from fastinv.masks import check_feather
         from fastinv.sampling import SourceControl
 
         _check_method(self.method)
         check_request(steps=self.steps, prompt=self.source_prompt, guidance=self.inversion_guidance)
         check_request(prompt=self.target_prompt, guidance=self.guidance)
         SourceControl.check(self.strength, self.stop, self.start)
+        check_feather(self.mask_feather)
 
 
 Query = TypeVar("Query", InvertRequest, EditRequest)
@@ -203,6 +209,38 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(kept)
 
 
+FORM_PARTS = ("image", "mask")
+"""The parts of a /v1/edit form: the image file (required) and the mask file (white = editable)."""
+
+
+async def edit_files(headers: Headers, body: bytes) -> tuple[bytes, bytes | None]:
+    """(image file, mask file or None) of a /v1/edit body: the image itself, or a multipart/form-data form
+    with the parts FORM_PARTS (files or plain fields). A malformed form, an unknown or repeated part, or no
+    image part is a one-line FastinvError."""
+    if not headers.get("content-type", "").startswith("multipart/form-data"):
+        return body, None
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(headers, stream(), max_files=len(FORM_PARTS), max_part_size=MAX_BODY_BYTES)
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise FastinvError(f"cannot read the form: {err.message}") from None
+    parts: dict[str, bytes] = {}
+    for name, value in form.multi_items():
+        if name not in FORM_PARTS:
+            raise FastinvError(f"unknown form part {name!r} (a /v1/edit form has {', '.join(FORM_PARTS)})")
+        if name in parts:
+            raise FastinvError(f"form part {name!r} is given twice")
+        parts[name] = await value.read() if isinstance(value, UploadFile) else value.encode()
+    await form.close()
+    if not parts.get("image"):
+        raise FastinvError("the form has no image part: send the image file as the part 'image'")
+    return parts["image"], parts.get("mask")
+
+
 app = FastAPI(title="fastinv", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -239,14 +277,19 @@ class Gateway:
 
     @app.post("/v1/edit")
     async def edit(self, request: Request) -> JSONResponse:
-        """The image file in the body → the edited image and the edit's record."""
+        """The image file (or a form of image and mask) in the body → the edited image and its record."""
         return await self._forward(request, EditRequest, "edit")
 
     async def _forward(self, request: Request, kind: type[Query], call: str) -> JSONResponse:
         try:
             query = parse_query(kind, request.query_params.multi_items())
             body = await read_body(request)
-            answer = await self._ask(getattr(self.inversions, call).remote(body, query), self.timeout_s)
+            if kind is EditRequest:
+                image, mask = await edit_files(request.headers, body)
+                asked = self.inversions.edit.remote(image, query, mask)
+            else:
+                asked = getattr(self.inversions, call).remote(body, query)
+            answer = await self._ask(asked, self.timeout_s)
         except Exception as err:
             return error_response(err)
         return JSONResponse(answer)

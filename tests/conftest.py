@@ -132,6 +132,13 @@ def tiny_sd3_export(
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_export(tiny_flux_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(folder, stdout) of `fastinv export --check` of the tiny FLUX-schnell-like folder (no solver):
+    velocity.fp32.onnx. Shared: do not write into the folder."""
+    return _export(tmp_path_factory, "export_tiny_flux", ["--model", str(tiny_flux_dir)])
+
+
+@pytest.fixture(scope="session")
 def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(folder, stdout) of `fastinv export --check` of the shipped default model (its velocity graph and its
     solver's). Shared: do not write into the folder."""
@@ -139,12 +146,13 @@ def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
 
 
 @pytest.fixture
-def memoised_export(tiny_sd3_export: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+def memoised_export(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Memoised `fastinv.export.onnx.export_model` (what `fastinv export` and `fastinv bench` call): asked
-    for what tiny_sd3_export wrote (same model source and weights, same solver weights, fp32), it copies those
+    for what a session export wrote (tiny_sd3_export: the tiny SD3 with the tiny solver; tiny_flux_export:
+    the tiny FLUX, no solver; same model source and weights, same solver weights, fp32), it copies those
     graphs (what tracing them again would write) to the folder it is given; asked for anything else, it
-    exports. For tests of what happens around an export; tiny_sd3_export itself is the real one. Returns
-    the folders it was asked to write, one per call."""
+    exports. For tests of what happens around an export; the session exports themselves are the real ones.
+    Returns the folders it was asked to write, one per call."""
     from fastinv.export import onnx as export_onnx
 
     from fastinv.models.base import FlowModel
@@ -152,28 +160,37 @@ def memoised_export(tiny_sd3_export: tuple[Path, str], monkeypatch: pytest.Monke
     from fastinv.runtime.weights import weights_digest
     from fastinv.solver.model import load_solver
 
-    cached, _ = tiny_sd3_export
-    velocity, solver = (read_spec(cached / f"{kind}.fp32.onnx") for kind in ("velocity", "solver"))
     real, calls = export_onnx.export_model, []
+
+    def cached(model: FlowModel, solver_dir: Path | None) -> Path | None:
+        """The session export folder holding `model`'s graphs (and `solver_dir`'s), if one does."""
+        weights = weights_digest(model.weights_dir) if model.weights_dir is not None else None
+        solver = weights_digest(solver_dir) if solver_dir is not None else None
+        for name in ("tiny_sd3_export", "tiny_flux_export"):
+            folder = request.getfixturevalue(name)[0]  # session fixtures: built once, here on first use
+            velocity = read_spec(folder / "velocity.fp32.onnx")
+            exported = folder / "solver.fp32.onnx"
+            if (model.name, weights) == (velocity.source, velocity.weights) and solver == (
+                read_spec(exported).weights if exported.exists() else None
+            ):
+                return folder
+        return None
 
     def export_model(
         model: FlowModel, solver_dir: Path | None, out: Path, *, precision: str = "fp32"
     ) -> dict:
         out = Path(out)
         calls.append(out)
-        if not (
-            precision == "fp32"
-            and model.name == velocity.source
-            and model.weights_dir is not None
-            and weights_digest(model.weights_dir) == velocity.weights
-            and solver_dir is not None
-            and weights_digest(solver_dir) == solver.weights
-        ):
+        folder = cached(model, solver_dir) if precision == "fp32" else None
+        if folder is None:
             return real(model, solver_dir, out, precision=precision)
         out.mkdir(parents=True, exist_ok=True)
+        written = {}
         for name in ("velocity.fp32.onnx", "solver.fp32.onnx"):
-            shutil.copyfile(cached / name, out / name)
-        return {out / "velocity.fp32.onnx": model, out / "solver.fp32.onnx": load_solver(solver_dir)}
+            if (folder / name).exists():
+                shutil.copyfile(folder / name, out / name)
+                written[out / name] = model if name.startswith("velocity") else load_solver(solver_dir)
+        return written
 
     monkeypatch.setattr(export_onnx, "export_model", export_model)
     return calls

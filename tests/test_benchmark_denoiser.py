@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -57,13 +55,12 @@ def check_rows(record: dict[str, Any], variants: list[str], batches: list[int]) 
         assert row["peak_memory_gib"] is None  # CUDA only
 
 
-def test_cpu_smoke_run(tmp_path: Path) -> None:
+def test_cpu_smoke_run(
+    denoiser: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     out = tmp_path / "x.json"
-    args = [*SMOKE, "--repeats", "2", "--batches", "1,2", "--out", str(out)]
-    command = [sys.executable, str(BENCHMARK), *args]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    main(denoiser, monkeypatch, *SMOKE, "--repeats", "2", "--batches", "1,2", "--out", str(out))
+    stdout = capsys.readouterr().out
     record = json.loads(out.read_text())
     assert record["complete"] and not record["failed"]
     assert "random weights: timing only" in record["note"]
@@ -75,7 +72,7 @@ def test_cpu_smoke_run(tmp_path: Path) -> None:
         "compile+cuda-graph": "CUDA graphs need CUDA",
         "cuda-graph": "CUDA graphs need CUDA",
     }
-    assert "CUDA graphs need CUDA" in done.stdout  # the table says why those variants are missing
+    assert "CUDA graphs need CUDA" in stdout  # the table says why those variants are missing
     check_rows(record, ["eager"], [1, 2])
     for row in record["rows"]:
         assert len(row["ms"]) == 2 and row["capture_s"] is None

@@ -37,12 +37,12 @@ def tiny_graph(
 ) -> tuple[FlowModel, Path]:
     """(tiny model, its fp32 velocity graph) for the tiny SD3, FLUX-schnell-like and FLUX-dev-like folders.
 
-    The SD3 graph is the session's `fastinv export` of the tiny SD3 (export_velocity with the defaults, as
-    here); read-only."""
+    The SD3 and FLUX graphs are the session's `fastinv export`s of those folders (export_velocity with the
+    defaults, as here); read-only."""
     model = load_model(request.getfixturevalue(f"tiny_{request.param}_dir"))
-    if request.param == "sd3":
-        folder, _ = request.getfixturevalue("tiny_sd3_export")
-        names = ["solver.fp32.onnx", "velocity.fp32.onnx"]
+    if request.param in ("sd3", "flux"):
+        folder, _ = request.getfixturevalue(f"tiny_{request.param}_export")
+        names = ["solver.fp32.onnx", "velocity.fp32.onnx"][request.param == "flux" :]
         path = folder / "velocity.fp32.onnx"
     else:
         folder = tmp_path_factory.mktemp(f"onnx_{request.param}")
@@ -60,12 +60,9 @@ def shipped_graph(shipped_export: tuple[Path, str]) -> tuple[Inverter, Path]:
 
 
 @pytest.fixture(scope="module")
-def solver_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
-    """A tiny trained-looking solver, exported with its weights as external data."""
-    solver = tiny_solver()
-    return solver, export_solver(
-        solver, tmp_path_factory.mktemp("onnx_solver") / "solver.onnx", external_data=True
-    )
+def solver_graph(tiny_sd3_export: tuple[Path, str]) -> tuple[torch.nn.Module, Path]:
+    """The tiny trained-looking solver and its graph (the session's `fastinv export`; read-only)."""
+    return tiny_solver(), tiny_sd3_export[0] / "solver.fp32.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +146,6 @@ def test_euler_inversion_on_ort_matches_torch_on_a_photo(shipped_graph: tuple[In
 
 def test_solver_parity_and_ort_solver(solver_graph: tuple[torch.nn.Module, Path]) -> None:
     solver, path = solver_graph
-    assert path.with_name("solver.onnx.data").is_file()  # external data, moved next to the graph
     reports = [
         check_parity(path, solver),
         check_parity(path, solver, batch=3, height=8, width=8, text=11, seed=1),  # the sample size itself
@@ -213,11 +209,13 @@ def test_warm_solver_parity_and_deepinv_on_ort(
 
 
 def test_half_precision_variants(tiny_sd3_dir: Path, tmp_path: Path) -> None:
-    """fp16 runs on the CPU EP within 2e-2 of fp32 torch. bf16 (opset 22, no Einsum left) is a valid graph;
-    where the EP has no bf16 kernels (ORT's CPU EP today) loading it is a one-line error, not a crash.
-    Both at a fixed latent size, which also exports faster."""
+    """fp16 runs on the CPU EP within 2e-2 of fp32 torch, its weights written as external data (what models
+    above protobuf's 2 GiB get) next to the graph and nothing else left there. bf16 (opset 22, no Einsum
+    left) is a valid graph; where the EP has no bf16 kernels (ORT's CPU EP today) loading it is a one-line
+    error, not a crash. Both at a fixed latent size, which also exports faster."""
     model = load_model(tiny_sd3_dir)
-    fp16 = export_velocity(model, tmp_path / "fp16.onnx", precision="fp16", size=(6, 10))
+    fp16 = export_velocity(model, tmp_path / "fp16.onnx", precision="fp16", size=(6, 10), external_data=True)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fp16.onnx", "fp16.onnx.data"]
     report = check_parity(fp16, model, batch=3)
     print(report)
     assert report.error <= TOLERANCE["fp16"] and read_spec(fp16).inputs["latents"][2:] == [6, 10]

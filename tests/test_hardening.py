@@ -123,8 +123,11 @@ def test_signals_end_in_one_line_and_their_exit_code(
 def test_a_real_sigterm_mid_run(tmp_path: Path) -> None:
     out = tmp_path / "o"
     command = [sys.executable, "-m", "fastinv", "invert", "--example", "--steps", "5000", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(12)  # imports, model load, then well inside the 5000 steps
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    assert "pixel-space model" in process.stdout.readline()  # the model's note: it has loaded
+    time.sleep(2)  # then the image, and well inside the 5000 steps (about 20 ms each here)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143

@@ -141,3 +141,22 @@ def test_cli_mask_errors(tmp_path: Path, content: str | int | None, message: str
     lines = [line for line in (stdout + stderr).splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_masked_edit_on_a_vae_model_keeps_the_latents_outside(
+    tiny_sd3_dir: Path, square: np.ndarray
+) -> None:
+    """A VAE model (the tiny SD3: latents at 1/f of the pixels): the mask is area-averaged to latent
+    size; the latents of weight 0 end on the source's x0 exactly, those of weight 1 take the edit."""
+    inverter = fastinv.load(tiny_sd3_dir, device="cpu")
+    inversion = inverter.invert(
+        load_photo("coffee"), prompt="a cup", method="euler", steps=3, keep_trajectory=True
+    )
+    masked = inverter.edit(inversion, target_prompt="a cat", mask=square)
+    x0, local = inversion.x0, masked.edited.latents
+    weights = masked.mask.at(tuple(x0.shape[-2:])).expand_as(x0)
+    assert x0.shape[-1] < square.shape[-1]  # latent size: the mask really is reduced
+    outside, core = weights == 0, weights == 1
+    assert outside.any() and core.any()
+    assert torch.equal(local[outside], x0[outside])
+    assert not torch.allclose(local[core], x0[core], atol=1e-3)

@@ -84,16 +84,18 @@ def test_shipped_model_and_solver_engines(shipped_export: tuple[Path, str], tmp_
 
 
 def test_cli_builds_tiny_sd3_and_flux_engines_without_a_gpu(
-    tiny_sd3_export: tuple[Path, str], tiny_flux_dir: Path, tmp_path: Path
+    tiny_sd3_export: tuple[Path, str], tiny_flux_dir: Path, memoised_export: list[Path], tmp_path: Path
 ) -> None:
-    """`fastinv export --format trt --gpu-arch`: the tiny FLUX from its folder (ONNX export, then engines)
-    and the tiny SD3's exported graphs; `fastinv info --export-dir` lists what was built, for what."""
+    """`fastinv export --format trt --gpu-arch`: the tiny FLUX from its folder (ONNX export, which
+    memoised_export copies from the session's, then engines) and the tiny SD3's exported graphs; `fastinv
+    info --export-dir` lists what was built, for what."""
     out = tmp_path / "flux"
     args = ["export", "--format", "trt", "--gpu-arch", "sm_120", "--model", str(tiny_flux_dir)]
     code, stdout, stderr = cli(
         [*args, "--size", "32:32:64", "--opt-level", "0", "--out", str(out), "--check"]
     )
     assert code == 0, stderr
+    assert memoised_export == [out] and sorted(p.name for p in out.glob("*.onnx")) == ["velocity.fp32.onnx"]
     assert f"(TensorRT-RTX {RTX.version}, sm_120) for batch 1:1:2" in stdout
     assert "cannot run here: not checked" in stdout
     [engine] = out.glob("velocity.fp32.*.engine")
