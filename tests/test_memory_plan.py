@@ -199,3 +199,31 @@ def test_a_run_records_its_peak_memory(tmp_path: Path) -> None:
     assert "RSS" in record["peak_memory"]
     (line,) = (tmp_path / "manifest.jsonl").read_text().splitlines()
     assert json.loads(line)["peak_memory_mib"] == max(peaks.values())
+
+
+def test_a_skeleton_folder_has_the_real_folders_footprint(tiny_flux_dev_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/memory_plans.py estimates FLUX.1-dev from a skeleton (its configs, safetensors headers
+    over sparse data): the skeleton of the tiny FLUX-dev's modules gives the real folder's estimate."""
+    import importlib.util
+    import shutil
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_plans.py"
+    spec = importlib.util.spec_from_file_location("memory_plans", path)
+    assert spec is not None and spec.loader is not None
+    memory_plans = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory_plans)
+    skeleton = tmp_path / "skeleton"
+    shutil.copytree(tiny_flux_dev_dir, skeleton)
+    model = load_model(tiny_flux_dev_dir)
+    pipeline = model.prompt_encoder.pipeline
+    modules = {
+        "transformer": model.velocity.network,
+        "vae": model.codec.vae,
+        "text_encoder": pipeline.text_encoder,
+        "text_encoder_2": pipeline.text_encoder_2,
+    }
+    for name, module in modules.items():
+        (file,) = weight_files(skeleton / name)
+        file.unlink()
+        memory_plans.write_skeleton_weights(module, file, torch.bfloat16)
+    assert footprint(skeleton, torch.bfloat16) == footprint(tiny_flux_dev_dir, torch.bfloat16)
