@@ -23,13 +23,55 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
-import torch
 from filelock import FileLock
-from tiny_models import make_tiny_flux, make_tiny_sd3
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER is not None:
+    import torch
+
     torch.set_num_threads(1)
+
+
+SLOW_FILES = (
+    "test_serve.py",  # 60–77 s on 2 cores (2026-12-03): Ray Serve with two model replicas
+    "test_export_onnx.py",  # 64–72 s: builds the tiny SD3, tiny FLUX and shipped exports the others read
+    "test_hardening.py",  # 52–58 s
+    "test_fast_path.py",  # 31–35 s: an inductor compile
+    "test_ray_data.py",  # 20–23 s
+    "test_solver_training.py",  # 19–21 s: torchrun
+    "test_tensorrt_rtx.py",  # 11–15 s
+    "test_kernels.py",  # 10–11 s
+)
+"""The files that take longest, longest first. Under xdist (`--dist loadfile`) a worker takes the next file
+when it is nearly done with its own, so starting with these lets both workers finish together; the export
+file second puts the shared exports early, on the other worker than the service."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # xdist's own order (most tests first) would undo SLOW_FILES
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """SLOW_FILES first, in their order; the other files after them, as collected (a stable sort keeps
+    each file's own order)."""
+    rank = {name: index for index, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
+
+
+def make_tiny_sd3(folder: Path, **options: bool) -> None:
+    """`tiny_models.make_tiny_sd3`, imported when a fixture first builds a folder: xdist's controller, which
+    loads this file too but runs no test, then starts its workers without importing torch or diffusers."""
+    from tiny_models import make_tiny_sd3 as make
+
+    make(folder, **options)
+
+
+def make_tiny_flux(folder: Path, **options: bool) -> None:
+    """`tiny_models.make_tiny_flux`, imported on first use (see make_tiny_sd3)."""
+    from tiny_models import make_tiny_flux as make
+
+    make(folder, **options)
 
 
 def _shared(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], str]) -> tuple[Path, str]:
