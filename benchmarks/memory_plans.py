@@ -31,6 +31,7 @@ from fastinv.bench.report import environment
 from fastinv.device import resolve_dtype
 from fastinv.files import save_json
 from fastinv.models.footprint import footprint, memory_size
+from fastinv.schedule import FLUX_SCHEDULER_DEFAULTS
 
 GPU_BYTES = 24 * 2**30
 """A 24 GiB card (RTX 3090 / 4090, L4): the budget the plans are compared with."""
@@ -87,15 +88,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "vocab_size": 32128,
     },
 }
-SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-}
+SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER_DEFAULTS}  # FLUX.1-dev's
 INDEX = {
     "_class_name": "FluxPipeline",
     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],

@@ -112,7 +112,6 @@ class Inversions:
 
     def _edit(self, body: bytes, request: EditRequest, mask: bytes | None) -> dict[str, Any]:
         picture = self.inverter.prepare_image(body)
-        local = None if mask is None else self.inverter.prepare_mask(mask, picture, request.mask_feather)
         job = InversionJob(request.source_prompt, request.method, request.steps, request.inversion_guidance)
         target = EditJob(
             request.target_prompt,
@@ -120,7 +119,7 @@ class Inversions:
             request.strength,
             request.stop,
             request.start,
-            mask=local,
+            mask=mask,  # edit_image prepares it for the picture before any work
             mask_feather=request.mask_feather,
         )
         run = edit_image(self.inverter, picture, job, target)

@@ -22,7 +22,7 @@ The contract (README, "Service (Ray Serve)"):
 import asyncio
 import dataclasses
 import typing
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -213,12 +213,17 @@ FORM_PARTS = ("image", "mask")
 """The parts of a /v1/edit form: the image file (required) and the mask file (white = editable)."""
 
 
-async def edit_files(headers: Headers, body: bytes) -> tuple[bytes, bytes | None]:
-    """(image file, mask file or None) of a /v1/edit body: the image itself, or a multipart/form-data form
-    with the parts FORM_PARTS (files or plain fields). A malformed form, an unknown or repeated part, or no
-    image part is a one-line FastinvError."""
+async def image_file(_headers: Headers, body: bytes) -> dict[str, bytes | None]:
+    """A /v1/invert body: the image file itself, as the model replica's `body`."""
+    return {"body": body}
+
+
+async def edit_files(headers: Headers, body: bytes) -> dict[str, bytes | None]:
+    """A /v1/edit body as the model replica's `body` (the image file) and `mask` (the mask file or None):
+    the image itself, or a multipart/form-data form with the parts FORM_PARTS (files or plain fields). A
+    malformed form, an unknown or repeated part, or no image part is a one-line FastinvError."""
     if not headers.get("content-type", "").startswith("multipart/form-data"):
-        return body, None
+        return {"body": body, "mask": None}
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
@@ -238,7 +243,7 @@ async def edit_files(headers: Headers, body: bytes) -> tuple[bytes, bytes | None
     await form.close()
     if not parts.get("image"):
         raise FastinvError("the form has no image part: send the image file as the part 'image'")
-    return parts["image"], parts.get("mask")
+    return {"body": parts["image"], "mask": parts.get("mask")}
 
 
 app = FastAPI(title="fastinv", docs_url=None, redoc_url=None, openapi_url=None)
@@ -273,23 +278,28 @@ class Gateway:
     @app.post("/v1/invert")
     async def invert(self, request: Request) -> JSONResponse:
         """The image file in the body → z_T (and the reconstruction, with reconstruct=true)."""
-        return await self._forward(request, InvertRequest, "invert")
+        return await self._forward(request, InvertRequest, "invert", image_file)
 
     @app.post("/v1/edit")
     async def edit(self, request: Request) -> JSONResponse:
         """The image file (or a form of image and mask) in the body → the edited image and its record."""
-        return await self._forward(request, EditRequest, "edit")
+        return await self._forward(request, EditRequest, "edit", edit_files)
 
-    async def _forward(self, request: Request, kind: type[Query], call: str) -> JSONResponse:
+    async def _forward(
+        self,
+        request: Request,
+        kind: type[Query],
+        call: str,
+        files: Callable[[Headers, bytes], Awaitable[dict[str, bytes | None]]],
+    ) -> JSONResponse:
+        """Parse the query and body (`files`: the body's files as the replica method's arguments), run the
+        model replica's `call` and answer in JSON."""
         try:
             query = parse_query(kind, request.query_params.multi_items())
-            body = await read_body(request)
-            if kind is EditRequest:
-                image, mask = await edit_files(request.headers, body)
-                asked = self.inversions.edit.remote(image, query, mask)
-            else:
-                asked = getattr(self.inversions, call).remote(body, query)
-            answer = await self._ask(asked, self.timeout_s)
+            parts = await files(request.headers, await read_body(request))
+            answer = await self._ask(
+                getattr(self.inversions, call).remote(request=query, **parts), self.timeout_s
+            )
         except Exception as err:
             return error_response(err)
         return JSONResponse(answer)

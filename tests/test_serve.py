@@ -43,6 +43,7 @@ from ray import serve  # noqa: E402
 
 from fastinv import replica  # noqa: E402
 from fastinv import serve as service  # noqa: E402
+from fastinv.serve import EditRequest, InvertRequest  # noqa: E402
 
 STEPS = 3
 CLIENT_TIMEOUT_S = 60
@@ -185,6 +186,15 @@ def test_invert_groups_share_a_call_only_with_one_job_and_size(monkeypatch: pyte
     ]
     assert outcomes[:4] == [("euler/2/0", 2), ("euler/2/0", 1), ("euler/3/0", 1), ("euler/2/1", 2)]
     assert isinstance(outcomes[4], RuntimeError) and outcomes[5] == ("warm_fixed_point/2/0", 1)
+
+
+def test_spelt_out_defaults_are_the_libraries() -> None:
+    """The gateway imports no torch, so its queries spell out two defaults of torch-importing modules."""
+    from fastinv.masks import DEFAULT_FEATHER
+    from fastinv.methods import AUTO
+
+    assert InvertRequest().method == EditRequest("x").method == AUTO
+    assert EditRequest("x").mask_feather == DEFAULT_FEATHER
 
 
 def test_error_response_maps_failures_to_statuses() -> None:
