@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import os
 import platform
 import shlex
@@ -36,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fastinv
+from fastinv.bench.timing import time_calls
 from fastinv.conditioning import Conditioning
 from fastinv.files import save_json
 from fastinv.methods.base import NFECounter, Stopwatch
@@ -191,26 +190,6 @@ def make_inputs(
     pooled_shape = (1, spec.config["pooled_projection_dim"])
     pooled = torch.randn(pooled_shape, generator=generator, device=device, dtype=dtype)
     return z, sigma, Conditioning(prompt="", prompt_embeds=embeds, pooled_embeds=pooled)
-
-
-def time_calls(call: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
-    """Milliseconds of each of `repeats` back-to-back calls: on CUDA from events recorded between calls (no
-    host sync in the loop, so host overhead counts only where the GPU waits for it), else perf_counter."""
-    if device.type != "cuda":
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(repeats + 1)]
-    torch.cuda.synchronize(device)
-    events[0].record()
-    for event in events[1:]:
-        call()
-        event.record()
-    torch.cuda.synchronize(device)
-    return [start.elapsed_time(end) for start, end in itertools.pairwise(events)]
 
 
 def summary(times: list[float]) -> dict[str, float]:

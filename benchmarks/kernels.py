@@ -7,11 +7,12 @@ Latents: SD3 and FLUX both step float32 [B, 16, S/8, S/8] at S² pixels (FLUX's 
 tokens are unpacked before the step, fastinv/models/flux.py), so one shape per size serves both. Each op
 as the methods call it: bf16 velocity / noise, float32 state, per-sample [B] h (see OPS). Every variant's
 output is first checked against the eager reference (bf16 tolerance). Times, in µs: median (p20, p80) of
---repeats calls after --warmup; on CUDA from CUDA events around each call ("call": host launch overhead
-included) and around replays of a CUDA graph of --graph-calls calls, per call ("graph": device time, what
-the fast path's CapturedStep replays). GB/s = the bytes the op must move (each input read once, each output
-written once) / median time, next to the device's copy bandwidth (a 1 GiB device-to-device copy_,
-read + write). Writes the JSON (every figure, command, hardware, versions) to --out.
+--repeats calls after --warmup; on CUDA from CUDA events between back-to-back calls (fastinv.bench.timing;
+"call": host launch overhead included wherever the GPU waits for it) and between replays of a CUDA graph of
+--graph-calls calls, per call ("graph": device time, what the fast path's CapturedStep replays). GB/s = the
+bytes the op must move (each input read once, each output written once) / median time, next to the device's
+copy bandwidth (a 1 GiB device-to-device copy_, read + write). Writes the JSON (every figure, command,
+hardware, versions) to --out.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from rich.table import Table
 
 import fastinv
 from fastinv import kernels
+from fastinv.bench.timing import time_calls
 from fastinv.files import save_json
 
 CHANNELS, VAE_FACTOR = 16, 8  # SD3 and FLUX latents
@@ -105,26 +107,9 @@ def outputs_of(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tens
     return out if isinstance(out, tuple) else (out,)
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """µs of each of `repeats` calls of `fn` after `warmup` calls: CUDA events around each call on CUDA,
-    time.perf_counter elsewhere."""
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e6)
-        return times
-    events = [[torch.cuda.Event(enable_timing=True) for _ in range(2)] for _ in range(repeats)]
-    torch.cuda.synchronize()
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) * 1e3 for start, end in events]
+def time_us(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    """µs of each of `repeats` calls of `fn` after `warmup` calls (fastinv.bench.timing's clock)."""
+    return [ms * 1e3 for ms in time_calls(fn, repeats, device, warmup)]
 
 
 def time_graph(fn: Callable[[], Any], calls: int, repeats: int, warmup: int) -> list[float]:
@@ -139,7 +124,7 @@ def time_graph(fn: Callable[[], Any], calls: int, repeats: int, warmup: int) -> 
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
-    return [t / calls for t in time_calls(graph.replay, repeats, 1, torch.device("cuda"))]
+    return [t / calls for t in time_us(graph.replay, repeats, 1, torch.device("cuda"))]
 
 
 def summary(times: list[float], nbytes: int) -> dict[str, float]:
@@ -154,7 +139,7 @@ def copy_bandwidth(device: torch.device, repeats: int, warmup: int) -> float:
     nbytes = COPY_BYTES[device.type]
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    return summary(time_calls(lambda: dst.copy_(src), repeats, warmup, device), 2 * nbytes)["gb_s"]
+    return summary(time_us(lambda: dst.copy_(src), repeats, warmup, device), 2 * nbytes)["gb_s"]
 
 
 def compiled_reference(name: str) -> Callable[..., Any]:
@@ -201,7 +186,7 @@ def benchmark(
             "max_abs_error": error,
             "bytes": nbytes,
             "first_call_ms": first_call_ms,
-            **summary(time_calls(call, args.repeats, args.warmup, device), nbytes),
+            **summary(time_us(call, args.repeats, args.warmup, device), nbytes),
         }
         if device.type == "cuda":
             try:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, BertModel
 
 from fastinv.errors import FastinvError
+from fastinv.files import save_json
 
 SPEC_FILE = "fastinv_text_encoder.json"
 """The file inside a model folder's text_encoder/ that names the packaged encoder and its settings."""
@@ -70,7 +71,8 @@ class SentenceEncoderSpec:
         return cls(**values)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        """The spec as JSON at `path`, atomically (`files.save_json`)."""
+        save_json(self.__dict__, path)
 
     def model_path(self) -> Path:
         """The packaged model folder (the distribution's `model/` directory); errors say what to install.

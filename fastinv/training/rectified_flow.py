@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.training_utils import EMAModel
 
+from fastinv.files import atomic_write, publish_folder, save_json
 from fastinv.models.loading import PIXEL_PIPELINE
 from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.training.photos import CAPTIONS, TRAIN, photo_tensor
@@ -115,13 +115,16 @@ class CropSampler:
 
 
 def write_model_folder(out: Path, transformer: SD3Transformer2DModel, config: TrainConfig) -> None:
-    """Write a diffusers-style folder: transformer/, scheduler/, text_encoder/ spec, model_index.json."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    transformer.save_pretrained(tmp / "transformer")
-    FlowMatchEulerDiscreteScheduler(shift=config.shift).save_pretrained(tmp / "scheduler")
-    (tmp / "text_encoder").mkdir()
-    SentenceEncoderSpec(max_length=config.text_max_length).write(tmp / "text_encoder" / SPEC_FILE)
+    """Write a diffusers-style folder: transformer/, scheduler/, text_encoder/ spec, model_index.json.
+
+    Each component folder is published whole (`files.publish_folder`) and model_index.json last, so a
+    reader never loads a half-written component; other entries of `out` (training/, solver/) stay."""
+    with publish_folder(out / "transformer") as staging:
+        transformer.save_pretrained(staging)
+    with publish_folder(out / "scheduler") as staging:
+        FlowMatchEulerDiscreteScheduler(shift=config.shift).save_pretrained(staging)
+    with publish_folder(out / "text_encoder") as staging:
+        SentenceEncoderSpec(max_length=config.text_max_length).write(staging / SPEC_FILE)
     index = {
         "_class_name": PIXEL_PIPELINE,
         "transformer": ["diffusers", "SD3Transformer2DModel"],
@@ -129,15 +132,16 @@ def write_model_folder(out: Path, transformer: SD3Transformer2DModel, config: Tr
         "text_encoder": ["fastinv", "SentenceEncoderPrompts"],
         "resolution": [config.resolution, config.resolution],
     }
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    if out.exists():
-        for name in ("transformer", "scheduler", "text_encoder", "model_index.json"):
-            target = out / name
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-            (tmp / name).rename(target)
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(out)
+    save_json(index, out / "model_index.json")
+
+
+def write_loss(rows: list[dict[str, float]], out: Path) -> None:
+    """training/loss.csv (step, mean loss over the log interval, seconds) and its plot, each atomically."""
+    with atomic_write(out / "loss.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "loss", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_loss(rows, out / "loss.png")
 
 
 def plot_loss(rows: list[dict[str, float]], path: Path) -> None:
@@ -156,7 +160,8 @@ def plot_loss(rows: list[dict[str, float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -174,8 +179,7 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    (out / "training").mkdir(parents=True, exist_ok=True)
-    (out / "training" / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    save_json(asdict(config), out / "training" / "config.json")
     rows: list[dict[str, float]] = []
     window_loss, window_steps = torch.zeros((), device=device), 0
     start = time.perf_counter()
@@ -211,11 +215,7 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
             ema.copy_to(model.parameters())
             write_model_folder(out, model, config)
             ema.restore(model.parameters())
-            with (out / "training" / "loss.csv").open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["step", "loss", "seconds"])
-                writer.writeheader()
-                writer.writerows(rows)
-            plot_loss(rows, out / "training" / "loss.png")
+            write_loss(rows, out / "training")
     summary = {
         "steps": config.steps,
         "seconds": time.perf_counter() - start,
@@ -225,7 +225,7 @@ def train(config: TrainConfig, out: Path, device: torch.device | None = None) ->
         "parameters": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
     }
-    (out / "training" / "log.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_json(summary, out / "training" / "log.json")
     return summary
 
 
