@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastinv.errors import FastinvError, reason
-from fastinv.folders import Item, invert_items
-from fastinv.pipeline import InversionJob
+
+if TYPE_CHECKING:  # the drivers of `fastinv serve` and `invert --ray` check and connect without torch
+    from fastinv.folders import Item
+    from fastinv.pipeline import InversionJob
 
 INSTALL = "pip install 'fastinv[ray]'"
 LOCAL = "local"
@@ -42,13 +44,14 @@ def check_installed(needed_by: str = "--ray", *modules: str) -> None:
 def check_paths(load_options: dict[str, Any]) -> None:
     """The one-line errors a worker's `fastinv.load(**load_options)` would raise for a missing or malformed
     model folder, solver folder, embeddings file or export folder, raised before Ray starts (no weights
-    are read)."""
-    from fastinv.models.loading import inspect_folder
-    from fastinv.solver.model import read_solver_config
-
+    are read). Imports the loaders (torch) only for the folders it is given."""
     if load_options.get("model_dir") is not None:
+        from fastinv.models.loading import inspect_folder
+
         inspect_folder(Path(load_options["model_dir"]))
     if load_options.get("solver") is not None:
+        from fastinv.solver.model import read_solver_config
+
         read_solver_config(load_options["solver"])
     embeddings, export_dir = load_options.get("embeddings"), load_options.get("export_dir")
     if embeddings is not None and not Path(embeddings).is_file():
@@ -146,6 +149,8 @@ class InvertWorker:
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, list[str]]:
         """rows["batch"]: JSON lists of Items → {"outcomes": the JSON list of each batch's outcomes}."""
+        from fastinv.folders import Item, invert_items
+
         outcomes = []
         for batch in rows["batch"]:
             items = [Item(**item) for item in json.loads(batch)]

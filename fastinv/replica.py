@@ -5,25 +5,30 @@ and decodes its image file before any model work. `@serve.batch` collects the in
 together, and `invert_groups` inverts those that share a method, step count, prompt, guidance and image size
 in one batched call (`pipeline.invert_images`); the z_T file, the reconstruction, its scores and edits then
 run per request, off the replica's event loop.
+
+The model code (torch, diffusers) is imported where the replica first uses it, not with this module: the
+`fastinv serve` driver binds the deployment class, and starts Ray and the replicas, without torch.
 """
+
+from __future__ import annotations
 
 import asyncio
 import base64
 import io
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from ray import serve
 
-from fastinv.api import Inverter, load
-from fastinv.files import jsonable
-from fastinv.images import LoadedImage
-from fastinv.outputs import edit_record, latents_file
-from fastinv.pipeline import EditJob, InversionJob, edit_image, invert_images, reconstruct_and_score
-from fastinv.results import Inversion
 from fastinv.serve import EditRequest, InvertRequest
+
+if TYPE_CHECKING:
+    from fastinv.api import Inverter
+    from fastinv.images import LoadedImage
+    from fastinv.pipeline import InversionJob
+    from fastinv.results import Inversion
 
 
 def invert_groups(
@@ -32,6 +37,8 @@ def invert_groups(
     """Invert the requests collected in one batch: those with one method, step count, prompt, guidance and
     image size share a batched call (`pipeline.invert_images`). Returns each request's (inversion, size of its
     call) in order, or the exception its call raised (a failure stays within its call)."""
+    from fastinv.pipeline import invert_images
+
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, (picture, job) in enumerate(pending):
         key = (job.method, job.steps, job.prompt, job.guidance, tuple(picture.pixels.shape))
@@ -66,6 +73,8 @@ class Inversions:
     time (waiting at most `batch_wait_s` for a batch to fill) and edits."""
 
     def __init__(self, load_options: dict[str, Any], max_batch_size: int, batch_wait_s: float) -> None:
+        from fastinv.api import load
+
         self.inverter = load(**load_options)
         self._invert_together.set_max_batch_size(max_batch_size)
         self._invert_together.set_batch_wait_timeout_s(batch_wait_s)
@@ -76,6 +85,8 @@ class Inversions:
 
     async def invert(self, body: bytes, request: InvertRequest) -> dict[str, Any]:
         """POST /v1/invert's answer for the image file `body`."""
+        from fastinv.pipeline import InversionJob
+
         request.check()
         picture = await asyncio.to_thread(self.inverter.prepare_image, body)
         method = self.inverter.resolve_method(request.method)
@@ -92,6 +103,10 @@ class Inversions:
         return await asyncio.to_thread(invert_groups, self.inverter, pending)
 
     def _inversion_answer(self, inversion: Inversion, batch: int, reconstruct: bool) -> dict[str, Any]:
+        from fastinv.files import jsonable
+        from fastinv.outputs import latents_file
+        from fastinv.pipeline import reconstruct_and_score
+
         answer: dict[str, Any] = {
             "z_T": _base64(latents_file(self.inverter.model, inversion)),
             "nfe": inversion.result.nfe,
@@ -111,6 +126,10 @@ class Inversions:
         return await asyncio.to_thread(self._edit, body, request, mask)
 
     def _edit(self, body: bytes, request: EditRequest, mask: bytes | None) -> dict[str, Any]:
+        from fastinv.files import jsonable
+        from fastinv.outputs import edit_record
+        from fastinv.pipeline import EditJob, InversionJob, edit_image
+
         picture = self.inverter.prepare_image(body)
         job = InversionJob(request.source_prompt, request.method, request.steps, request.inversion_guidance)
         target = EditJob(

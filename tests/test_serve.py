@@ -165,7 +165,7 @@ def test_invert_groups_share_a_call_only_with_one_job_and_size(monkeypatch: pyte
             raise RuntimeError("boom")
         return [f"{job.method}/{job.steps}/{index}" for index in range(len(pictures))]
 
-    monkeypatch.setattr(replica, "invert_images", invert_images)
+    monkeypatch.setattr(fastinv.pipeline, "invert_images", invert_images)  # what invert_groups calls
     small, large = (LoadedImage(torch.zeros(1, 3, side, side), "<array>", (side, side)) for side in (8, 16))
     euler = InversionJob(method="euler", steps=2)
     pending = [
@@ -195,6 +195,19 @@ def test_spelt_out_defaults_are_the_libraries() -> None:
 
     assert InvertRequest().method == EditRequest("x").method == AUTO
     assert EditRequest("x").mask_feather == DEFAULT_FEATHER
+
+
+def test_the_driver_and_the_gateway_import_no_torch() -> None:
+    """What the `fastinv serve` driver imports to check its options, start Ray and bind the deployments
+    (and the gateway, to answer), in a fresh interpreter: no torch, no diffusers (seconds off each start)."""
+    code = (
+        "import sys, fastinv.cli, fastinv.serve, fastinv.replica\n"
+        "from fastinv.ray_data import check_paths\n"
+        "check_paths({'model_dir': None, 'solver': None})\n"
+        "print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_error_response_maps_failures_to_statuses() -> None:
