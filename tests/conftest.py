@@ -33,18 +33,19 @@ if WORKER is not None:
 
 
 SLOW_FILES = (
-    "test_serve.py",  # 60–77 s on 2 cores (2026-12-03): Ray Serve with two model replicas
-    "test_export_onnx.py",  # 64–72 s: builds the tiny SD3, tiny FLUX and shipped exports the others read
-    "test_hardening.py",  # 52–58 s
-    "test_fast_path.py",  # 31–35 s: an inductor compile
-    "test_ray_data.py",  # 20–23 s
-    "test_solver_training.py",  # 19–21 s: torchrun
-    "test_tensorrt_rtx.py",  # 11–15 s
-    "test_kernels.py",  # 10–11 s
+    "test_serve.py",  # 76–88 s on 2 cores (2026-12-03): Ray Serve with two model replicas
+    "test_export_onnx.py",  # 136–138 s: builds the tiny SD3, tiny FLUX and shipped exports the others read
+    "test_solver_training.py",  # 25–50 s: torchrun
+    "test_ray_data.py",  # 35 s
+    "test_hardening.py",  # 30–35 s
+    "test_kernels.py",  # 23–31 s
+    "test_fast_path.py",  # 24–26 s: an inductor compile
+    "test_tensorrt_rtx.py",  # 11–20 s
+    "test_bench.py",  # 13–16 s
 )
-"""The files that take longest, longest first. Under xdist (`--dist loadfile`) a worker takes the next file
-when it is nearly done with its own, so starting with these lets both workers finish together; the export
-file second puts the shared exports early, on the other worker than the service."""
+"""The files that take longest: the two longest start together, one per worker (the shared exports early,
+on the other worker than the service), then the rest, longest first. Under xdist (`--dist loadfile`) a
+worker takes the next file when it is nearly done with its own, so both workers finish together."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
