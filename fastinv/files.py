@@ -5,11 +5,12 @@
 half-written file. Write faults are one-line :class:`FastinvError`s naming the file.
 """
 
+import csv
 import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import Any
@@ -155,6 +156,18 @@ def save_json(obj: Any, path: str | Path) -> Path:
     numpy/torch scalars and arrays become numbers and lists; paths become strings.
     """
     return _write(path, json_writer(obj))
+
+
+def save_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str | Path) -> Path:
+    """Write `rows` as CSV with a header of `columns` (each row's keys), atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return _write(path, write)
 
 
 def save_latents(path: str | Path, z: torch.Tensor, metadata: Mapping[str, Any]) -> Path:

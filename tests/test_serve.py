@@ -130,6 +130,11 @@ def running(request: pytest.FixtureRequest) -> Iterator[Running]:
                 process.kill()
 
 
+def png_pixels(text: str) -> np.ndarray:
+    """The pixels (int) of a base64 PNG file of an answer."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))), dtype=int)
+
+
 def post(url: str, body: bytes, **query: object) -> requests.Response:
     params = {key: str(value).lower() if isinstance(value, bool) else value for key, value in query.items()}
     return requests.post(url, data=body, params=params, timeout=CLIENT_TIMEOUT_S)
@@ -289,7 +294,7 @@ def test_reconstruct_adds_the_reconstruction_and_its_scores(
     assert set(answer["metrics"]) == set(scores)
     for key in ("psnr", "ssim", "lpips"):
         assert abs(answer["metrics"][key] - scores[key]) <= 1e-3 * max(1, abs(scores[key]))
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["reconstruction_png"]))), dtype=int)
+    image = png_pixels(answer["reconstruction_png"])
     assert image.shape == (64, 64, 3) and np.abs(image - np.asarray(recon.image, dtype=int)).max() <= 1
 
 
@@ -345,7 +350,7 @@ def test_an_edit(running: Running, photos: dict[str, bytes], inverter: fastinv.I
     )
     assert (record["nfe_inversion"], record["nfe_edit"]) == (STEPS, want.edit.edited.nfe)
     assert set(record["metrics"]) == {"reconstruction", "edit"}
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["edit_png"]))), dtype=int)
+    image = png_pixels(answer["edit_png"])
     assert np.abs(image - np.asarray(want.edit.edited.image, dtype=int)).max() <= 1
 
 
@@ -378,7 +383,7 @@ def test_a_masked_edit(running: Running, photos: dict[str, bytes], inverter: fas
         EditJob("a ginger cat", mask=png_bytes(mask), mask_feather=2),
     )
     assert answer["record"]["mask"] == json.loads(json.dumps(jsonable(mask_record(want.edit.mask))))
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["edit_png"]))), dtype=int)
+    image = png_pixels(answer["edit_png"])
     assert np.abs(image - np.asarray(want.edit.edited.image, dtype=int)).max() <= 1
     source = np.asarray(Image.open(io.BytesIO(photos["coffee"])).convert("RGB"), dtype=int)
     outside = np.ones((64, 64), bool)

@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from fastinv.files import atomic_write
+from fastinv.files import atomic_write, save_csv
 from fastinv.solver.steps import Steps
 
 
@@ -39,10 +39,7 @@ LOG_COLUMNS = ("step", "round", "epoch", "loss", "seconds")
 def write_log(out: Path, rows: list[dict[str, Any]]) -> None:
     """Write `rows` (LOG_COLUMNS: optimiser step, round, epoch, mean loss, seconds) to out/loss.csv,
     atomically."""
-    with atomic_write(out / "loss.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    save_csv(rows, LOG_COLUMNS, out / "loss.csv")
 
 
 def read_log(out: Path, upto_step: int) -> list[dict[str, Any]]:

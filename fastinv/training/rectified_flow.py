@@ -13,7 +13,6 @@ Uses CUDA (bf16 autocast) when available. The output is a model folder fastinv l
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import time
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.training_utils import EMAModel
 
-from fastinv.files import atomic_write, publish_folder, save_json
+from fastinv.files import atomic_write, publish_folder, save_csv, save_json
 from fastinv.models.loading import PIXEL_PIPELINE
 from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.training.photos import CAPTIONS, TRAIN, photo_tensor
@@ -137,10 +136,7 @@ def write_model_folder(out: Path, transformer: SD3Transformer2DModel, config: Tr
 
 def write_loss(rows: list[dict[str, float]], out: Path) -> None:
     """training/loss.csv (step, mean loss over the log interval, seconds) and its plot, each atomically."""
-    with atomic_write(out / "loss.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "seconds"])
-        writer.writeheader()
-        writer.writerows(rows)
+    save_csv(rows, ("step", "loss", "seconds"), out / "loss.csv")
     plot_loss(rows, out / "loss.png")
 
 
