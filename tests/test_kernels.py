@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -377,14 +376,27 @@ def test_dispatcher_forwards_every_argument(
 # --- benchmarks/kernels.py ----------------------------------------------------------------------------------
 
 
-def test_benchmark_cpu_smoke_run(tmp_path: Path) -> None:
-    pytest.importorskip("triton")
+@pytest.fixture(scope="module")
+def benchmark_script() -> ModuleType:
+    """benchmarks/kernels.py imported as a module: run in-process, it saves a subprocess its torch import."""
+    spec = importlib.util.spec_from_file_location("benchmark_kernels", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cpu_smoke_run(
+    benchmark_script: ModuleType, glue: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--device cpu` sets TRITON_INTERPRET and imports triton_glue: here the `glue` fixture's interpreted
+    module, the one such an import finds; monkeypatch restores TRITON_INTERPRET afterwards."""
     out = tmp_path / "kernels.json"
-    command = [sys.executable, str(BENCHMARK), "--device", "cpu", "--sizes", "16,32", "--batches", "1,2"]
-    command += ["--repeats", "3", "--warmup", "1", "--out", str(out)]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args = ["--device", "cpu", "--sizes", "16,32", "--batches", "1,2", "--repeats", "3", "--warmup", "1"]
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARK), *args, "--out", str(out)])
+    benchmark_script.main()
     record = json.loads(out.read_text())
     assert "timings meaningless" in record["note"] and record["device"] == "cpu"
     assert record["variants"] == ["eager", "triton"]

@@ -47,6 +47,9 @@ from fastinv.serve import EditRequest, InvertRequest  # noqa: E402
 
 STEPS = 3
 CLIENT_TIMEOUT_S = 60
+START_S = 150
+"""How long a test waits for the service, or a replacement replica, to start: under load (three workers on
+two cores) a replacement replica took over 88 s after the kill, burst included."""
 METHODS = ("euler", "warm_fixed_point")
 
 
@@ -111,7 +114,7 @@ def running(request: pytest.FixtureRequest) -> Iterator[Running]:
         threading.Thread(target=lines.extend, args=(stream,), daemon=True).start()
     try:
         request.getfixturevalue("expected")  # while the service starts
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + START_S
         while not any(line.startswith("serving at") for line in stdout):
             assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)[-2000:]
             time.sleep(0.2)
@@ -460,7 +463,7 @@ def test_a_replica_killed_in_a_burst_costs_retryable_503s_and_is_replaced(
         health = requests.get(f"{running.url}/healthz", timeout=CLIENT_TIMEOUT_S)
         if running_replicas.get("RUNNING") == 2 and health.status_code == 200:
             break
-        assert time.monotonic() - killed_at < 60, (running_replicas, health.text)
+        assert time.monotonic() - killed_at < START_S, (running_replicas, health.text)
         time.sleep(0.5)
     print(f"2 replicas running again {time.monotonic() - killed_at:.1f} s after the kill")
     assert replicas[0] not in replica_names()
