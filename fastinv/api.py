@@ -15,7 +15,6 @@ fastinv.load(..., fast=False); the run's settings are one RunConfig (`fastinv.ru
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from fastinv.models import FlowModel, load_model
 from fastinv.models.offload import plan_model
 from fastinv.models.prompt_cache import PromptCache
 from fastinv.models.variants import distilled_warning
+from fastinv.request_checks import check_request
 from fastinv.results import Edit, Inversion, Reconstruction
 from fastinv.run_config import CPU, RunConfig, check_offload
 from fastinv.runtime.backends import get_backend
@@ -52,45 +52,11 @@ from fastinv.runtime.fast_path import compiled
 from fastinv.runtime.graph import GraphSolver
 from fastinv.runtime.weights import expect_weights
 from fastinv.sampling import SourceControl, SourceTrajectory, sample_euler
+from fastinv.schedule import check_schedule
 from fastinv.solver.model import TorchSolver, check_solver_fits, load_solver, read_solver_config
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 """An image file (its path or its bytes), a PIL image or an array."""
-MAX_STEPS = 10_000
-
-
-def check_request(
-    *, steps: Any = 1, prompt: Any = "", guidance: Any = 1.0, embedded_guidance: Any = None
-) -> None:
-    """One-line errors, before any work, for the arguments every inversion takes: steps an integer in
-    [1, MAX_STEPS], prompt a string, guidance a finite number >= 0, embedded guidance None or the same."""
-
-    def finite(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise FastinvError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise FastinvError(f"steps must be at least 1 and at most {MAX_STEPS}, got {steps}")
-    if not isinstance(prompt, str):
-        raise FastinvError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not finite(guidance) or guidance < 0:
-        raise FastinvError(f"guidance must be a finite number >= 0, got {guidance!r}")
-    if embedded_guidance is not None and (not finite(embedded_guidance) or embedded_guidance < 0):
-        raise FastinvError(f"embedded guidance must be a finite number >= 0, got {embedded_guidance!r}")
-
-
-def check_schedule(sigmas: Any) -> None:
-    """One-line error unless `sigmas` is a schedule to sample over: a 1-D float tensor of N+1 values in
-    [0, 1], strictly decreasing, 1 <= N <= MAX_STEPS."""
-    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or not sigmas.is_floating_point():
-        raise FastinvError("sigmas must be a 1-D float tensor of N+1 values")
-    if not 2 <= len(sigmas) <= MAX_STEPS + 1:
-        raise FastinvError(f"sigmas must hold N+1 values, 1 <= N <= {MAX_STEPS}, got {len(sigmas)} values")
-    if not bool(torch.isfinite(sigmas).all()) or sigmas.min() < 0 or sigmas.max() > 1:
-        raise FastinvError("sigmas must be finite and in [0, 1]")
-    if not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise FastinvError("sigmas must decrease strictly (sampling order, noise to clean)")
 
 
 class Inverter:

@@ -222,11 +222,11 @@ def invert(
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics per image,
     and OUT/manifest.jsonl."""
     _quiet_libraries()
-    from fastinv.api import check_request
     from fastinv.folders import Item, Manifest, Settings, completed, expand_inputs, output_names
     from fastinv.methods import parse_options
     from fastinv.models import EXAMPLE_IMAGE
     from fastinv.pipeline import InversionJob
+    from fastinv.request_checks import check_request
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     get_backend(backend).check_method(method)  # before loading
@@ -432,10 +432,11 @@ def edit(
     source by RF-Inversion's controlled ODE; writes source, edit and side-by-side PNGs and a JSON record."""
     _quiet_libraries()
 
-    from fastinv.api import check_request, load
+    from fastinv.api import load
     from fastinv.masks import check_feather
     from fastinv.methods import parse_options
     from fastinv.pipeline import EditJob, InversionJob, edit_to_files
+    from fastinv.request_checks import check_request
     from fastinv.sampling import SourceControl
 
     if not image.is_file():

@@ -33,7 +33,9 @@ from fastinv.files import (
 from fastinv.images import pixels_to_pil
 from fastinv.masks import Mask
 from fastinv.models import FlowModel
+from fastinv.request_checks import check_request
 from fastinv.results import Edit, Inversion, Reconstruction
+from fastinv.schedule import check_schedule
 
 RUN_ID = "run_id"
 INVERSION_FILES = (".zT.safetensors", ".recon.png", ".metrics.json")
@@ -249,8 +251,6 @@ class SavedLatents:
 def read_latents_file(path: Path) -> SavedLatents:
     """Read a z_T file as untrusted input: a .safetensors file (nothing is unpickled) of at most
     MAX_LATENTS_FILE bytes, every metadata value's type and range checked; one-line errors naming the file."""
-    from fastinv.api import check_request, check_schedule  # the checks every request gets
-
     path = Path(path)
     if not path.is_file():
         raise FastinvError(f"z_T file not found: {path}")

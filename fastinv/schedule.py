@@ -14,6 +14,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from fastinv.errors import FastinvError
+from fastinv.request_checks import MAX_STEPS
 
 SD3_SCHEDULER_DEFAULTS: dict[str, Any] = {"shift": 3.0, "use_dynamic_shifting": False}
 FLUX_SCHEDULER_DEFAULTS: dict[str, Any] = {
@@ -67,3 +68,16 @@ def flow_sigmas(
     else:
         scheduler.set_timesteps(steps)
     return scheduler.sigmas.to(torch.float64).cpu()
+
+
+def check_schedule(sigmas: Any) -> None:
+    """One-line error unless `sigmas` is a schedule to sample over: a 1-D float tensor of N+1 values in
+    [0, 1], strictly decreasing, 1 <= N <= MAX_STEPS."""
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or not sigmas.is_floating_point():
+        raise FastinvError("sigmas must be a 1-D float tensor of N+1 values")
+    if not 2 <= len(sigmas) <= MAX_STEPS + 1:
+        raise FastinvError(f"sigmas must hold N+1 values, 1 <= N <= {MAX_STEPS}, got {len(sigmas)} values")
+    if not bool(torch.isfinite(sigmas).all()) or sigmas.min() < 0 or sigmas.max() > 1:
+        raise FastinvError("sigmas must be finite and in [0, 1]")
+    if not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise FastinvError("sigmas must decrease strictly (sampling order, noise to clean)")

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fastinv.errors import FastinvError, reason
+from fastinv.request_checks import check_request
 
 APP = "fastinv"
 """The Serve application's name."""
@@ -62,8 +63,6 @@ class InvertRequest:
 
     def check(self) -> None:
         """One-line errors for an unknown method or a bad steps, prompt or guidance (in a model replica)."""
-        from fastinv.api import check_request
-
         _check_method(self.method)
         check_request(steps=self.steps, prompt=self.prompt, guidance=self.guidance)
 
@@ -86,7 +85,6 @@ class EditRequest:
     def check(self) -> None:
         """One-line errors for an unknown method or a bad steps, prompt, guidance, strength, window or
         mask feather (in a model replica)."""
-        from fastinv.api import check_request
         from fastinv.masks import check_feather
         from fastinv.sampling import SourceControl
 
