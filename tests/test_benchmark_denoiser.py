@@ -7,7 +7,6 @@ that keeps its bookkeeping (warm-up call, capture, replays that add to the NFE c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from scripts import import_script
 
 from fastinv.runtime.fast_path import CapturedStep
 
@@ -29,12 +29,7 @@ POSITIVE = ("ms_median", "ms_p20", "ms_p80", "first_call_s", "tflops", "mfu", "s
 @pytest.fixture(scope="module")
 def denoiser() -> ModuleType:
     """The benchmark script imported as a module."""
-    spec = importlib.util.spec_from_file_location("benchmark_denoiser", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return import_script(BENCHMARK)
 
 
 def main(module: ModuleType, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:

@@ -4,7 +4,6 @@ benchmarks/deepinv_scale.py, its DeepInv ÷ Euler step."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -16,6 +15,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from scripts import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -33,12 +33,7 @@ def bash(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def helper() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check_helper", HELPER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_script(HELPER)
 
 
 def test_dry_run_prints_the_device_command_and_the_plan() -> None:
@@ -212,11 +207,7 @@ def test_deepinv_scale_cpu_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """In-process (the libraries it imports are mostly loaded already in a suite run), as the CLI runs it."""
     out = tmp_path / "scale.json"
     monkeypatch.syspath_prepend(str(SCALE.parent))  # it imports benchmarks/denoiser.py, as a script would
-    spec = importlib.util.spec_from_file_location("benchmark_deepinv_scale", SCALE)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
+    script = import_script(SCALE, monkeypatch)
     args = ["--device", "cpu", "--model-config", "tiny", "--steps", "2", "--repeats", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", [str(SCALE), *args])
     script.main()

@@ -9,7 +9,6 @@ float32 arithmetic, so even low-precision inputs must agree to float32 rounding 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import itertools
 import json
 import math
@@ -23,6 +22,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scripts import import_script
 
 from fastinv import kernels
 from fastinv.errors import FastinvError
@@ -379,12 +379,7 @@ def test_dispatcher_forwards_every_argument(
 @pytest.fixture(scope="module")
 def benchmark_script() -> ModuleType:
     """benchmarks/kernels.py imported as a module: run in-process, it saves a subprocess its torch import."""
-    spec = importlib.util.spec_from_file_location("benchmark_kernels", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return import_script(BENCHMARK)
 
 
 def test_benchmark_cpu_smoke_run(
@@ -419,15 +414,11 @@ def test_benchmark_cpu_smoke_run(
     ],
 )
 def test_benchmark_refuses_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str
+    benchmark_script: ModuleType, monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str
 ) -> None:
-    spec = importlib.util.spec_from_file_location("kernels_benchmark", BENCHMARK)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclass looks itself up there
-    spec.loader.exec_module(script)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(sys, "argv", ["kernels.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
-        script.parse_args()
+        benchmark_script.parse_args()
     text = str(exit_info.value.code)
     assert text.startswith("error: ") and message in text and "\n" not in text

@@ -204,14 +204,11 @@ def test_a_run_records_its_peak_memory(tmp_path: Path) -> None:
 def test_a_skeleton_folder_has_the_real_folders_footprint(tiny_flux_dev_dir: Path, tmp_path: Path) -> None:
     """benchmarks/memory_plans.py estimates FLUX.1-dev from a skeleton (its configs, safetensors headers
     over sparse data): the skeleton of the tiny FLUX-dev's modules gives the real folder's estimate."""
-    import importlib.util
     import shutil
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_plans.py"
-    spec = importlib.util.spec_from_file_location("memory_plans", path)
-    assert spec is not None and spec.loader is not None
-    memory_plans = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory_plans)
+    from scripts import import_script
+
+    memory_plans = import_script(Path(__file__).resolve().parents[1] / "benchmarks" / "memory_plans.py")
     skeleton = tmp_path / "skeleton"
     shutil.copytree(tiny_flux_dev_dir, skeleton)
     model = load_model(tiny_flux_dev_dir)

@@ -7,8 +7,6 @@ inverts (DESIGN §4)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 from cli_runner import cli
 from diffusers import StableDiffusion3Pipeline
 from diffusers.models.normalization import RMSNorm
+from scripts import import_script
 
 import fastinv
 from fastinv.errors import FastinvError
@@ -112,11 +111,7 @@ def test_schnell_like_against_dev_like_measurement(
     """benchmarks/distilled.py's measurement on the session folders at 4 steps: one finite row per folder
     and method, the schnell-like folder warned about and the dev-like not."""
     monkeypatch.syspath_prepend(str(DISTILLED.parents[1] / "tests"))
-    spec = importlib.util.spec_from_file_location("benchmark_distilled", DISTILLED)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
+    script = import_script(DISTILLED, monkeypatch)
     rows = script.measure({"schnell-like": tiny_flux_dir, "dev-like": tiny_flux_dev_dir}, steps=(4,))
     assert [(r["folder"], r["method"]) for r in rows] == [
         (folder, method) for folder in ("schnell-like", "dev-like") for method in script.METHODS
