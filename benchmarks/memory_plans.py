@@ -105,18 +105,18 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float1
 console = Console()
 
 
-def meta_model(name: str) -> torch.nn.Module:
-    """The component `name` built from CONFIGS on the meta device: shapes and dtypes, no memory."""
+def meta_model(name: str, configs: dict[str, dict[str, Any]] = CONFIGS) -> torch.nn.Module:
+    """The component `name` built from `configs` on the meta device: shapes and dtypes, no memory."""
     import diffusers
     import transformers
 
-    config = {k: v for k, v in CONFIGS[name].items() if k not in ("_class_name", "architectures")}
+    config = {k: v for k, v in configs[name].items() if k not in ("_class_name", "architectures")}
     with torch.device("meta"):
-        if "_class_name" in CONFIGS[name]:
-            return getattr(diffusers, CONFIGS[name]["_class_name"])(**config)
+        if "_class_name" in configs[name]:
+            return getattr(diffusers, configs[name]["_class_name"])(**config)
         model_type = config.pop("model_type")
         settings = transformers.AutoConfig.for_model(model_type, **config)
-        return getattr(transformers, CONFIGS[name]["architectures"][0])(settings)
+        return getattr(transformers, configs[name]["architectures"][0])(settings)
 
 
 def write_skeleton_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype) -> int:

@@ -987,7 +987,7 @@ def info(
     table.add_column("what")
     table.add_column("value")
     table.add_row("python", platform.python_version())
-    for package in ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "triton"):
+    for package in ("torch", "diffusers", "accelerate", "transformers", "onnx", "onnxruntime", "triton"):
         table.add_row(package, _version_of(package))
     found = library.present()
     table.add_row("tensorrt (datacenter GPUs; builds on the GPU here)", found[library.TENSORRT])

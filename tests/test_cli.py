@@ -128,7 +128,8 @@ def test_invert_with_method_options(tiny_sd3_dir: Path, photos: list[Path], tmp_
 
 def test_info(capsys) -> None:
     code, stdout, _ = run(["info"], capsys)
-    assert code == 0 and "euler" in stdout and "torch" in stdout and "diffusers" in stdout
+    assert code == 0 and "euler" in stdout
+    assert all(package in stdout for package in ("torch", "diffusers", "accelerate"))
 
 
 @pytest.mark.parametrize(

@@ -271,16 +271,50 @@ def test_malformed_model_folders(shipped_copy: Path, tmp_path: Path) -> None:
     assert code == 2 and "resolution must be [W, H]" in one_error_line(err)
 
 
-def test_weight_shape_mismatch_names_the_tensor(tiny_sd3_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "model"
+def test_weight_shape_mismatch_names_the_tensor(
+    tiny_sd3_dir: Path, tiny_solver_dir: Path, tmp_path: Path
+) -> None:
+    """Weights that do not fit their config (the transformer's, then a solver's): one line naming the tensor
+    and both shapes, without diffusers' advice on its loading switches."""
+    folder, solver = tmp_path / "model", tmp_path / "solver"
     shutil.copytree(tiny_sd3_dir, folder)
-    config_path = folder / "transformer" / "config.json"
-    config = json.loads(config_path.read_text())
-    config["caption_projection_dim"] *= 2
-    config_path.write_text(json.dumps(config))
-    code, _, err = cli(["invert", "--example", "--model", str(folder), "--out", str(tmp_path / "o")])
+    shutil.copytree(tiny_solver_dir, solver)
+    for config_path, key in (
+        (folder / "transformer" / "config.json", "caption_projection_dim"),
+        (solver / "config.json", "attention_head_dim"),
+    ):
+        config = json.loads(config_path.read_text())
+        config[key] *= 2
+        config_path.write_text(json.dumps(config))
+    invert = ["invert", "--example", "--out", str(tmp_path / "o")]
+    code, _, err = cli([*invert, "--model", str(folder)])
     line = one_error_line(err)
-    assert code == 2 and "size mismatch for context_embedder.weight" in line and "torch.Size" in line
+    assert code == 2 and "size mismatch for context_embedder." in line and "torch.Size([" in line, line
+    assert "in the file" in line and "low_cpu_mem_usage" not in line
+    code, _, err = cli(
+        [*invert, "--model", str(tiny_sd3_dir), "--method", "deepinv", "--solver", str(solver)]
+    )
+    line = one_error_line(err)
+    assert code == 2 and f"cannot load the solver in {solver}: weights do not fit the config" in line, line
+    assert "size mismatch for" in line and "torch.Size([" in line and "low_cpu_mem_usage" not in line
+
+
+@pytest.mark.parametrize(
+    "message",
+    [  # diffusers' two wordings: loading into a meta-built model (with accelerate), into a float32-built one
+        "Cannot load /m because proj.bias expected shape torch.Size([32]), but got torch.Size([16]). If you "
+        "want to instead overwrite randomly initialized weights, please make sure to pass both "
+        "`low_cpu_mem_usage=False` and `ignore_mismatched_sizes=True`.",
+        "Error(s) in loading state_dict:\n\tsize mismatch for proj.bias: copying a param with shape "
+        "torch.Size([16]) from checkpoint, the shape in current model is torch.Size([32]).",
+    ],
+)
+def test_load_failure_reason_keeps_the_tensor_and_both_shapes(message: str) -> None:
+    from fastinv.models.loading import load_failure_reason
+
+    reason = load_failure_reason(ValueError(message))
+    assert reason.startswith("weights do not fit the config: size mismatch for proj.bias: ")
+    assert "torch.Size([16])" in reason and "torch.Size([32])" in reason and "low_cpu_mem_usage" not in reason
 
 
 def test_pickled_weights_are_never_loaded(tiny_sd3_dir: Path, tmp_path: Path) -> None:

@@ -224,3 +224,22 @@ def test_a_skeleton_folder_has_the_real_folders_footprint(tiny_flux_dev_dir: Pat
         file.unlink()
         memory_plans.write_skeleton_weights(module, file, torch.bfloat16)
     assert footprint(skeleton, torch.bfloat16) == footprint(tiny_flux_dev_dir, torch.bfloat16)
+
+
+def test_load_memory_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/load_memory.py on a 1-block SD3-medium skeleton, its load run in this process (the child
+    would add an import of torch and diffusers): diffusers sees accelerate, the weights read become resident,
+    and the table and JSON report it."""
+    from scripts import import_script
+
+    load_memory = import_script(Path(__file__).resolve().parents[1] / "benchmarks" / "load_memory.py")
+    monkeypatch.setattr(
+        load_memory, "measure", lambda folder, dtype, hide: load_memory.load_and_read(folder, dtype)
+    )
+    record = load_memory.main(["--layers", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "load_memory.json").read_text()) == record
+    ((name, run),) = record["runs"].items()
+    assert name == "as installed" and run["accelerate"] is True and "1 of 24 blocks" in record["model"]
+    assert run["resident"] - run["before"] >= record["weights_bytes"] > 300 * 2**20
+    assert run["peak"] >= run["resident"] and run["added"] == run["peak"] - run["before"]
+    assert record["versions"]["accelerate"]

@@ -160,6 +160,39 @@ def test_bad_folders(tiny_sd3_dir: Path, tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
 
 
+def test_weights_are_read_into_modules_built_on_the_meta_device(
+    tiny_sd3_dir: Path, tiny_solver_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diffusers builds each model from its config on the meta device, then fills it from the file (with
+    accelerate, a dependency): no float32 copy of the weights first, which doubles the host memory of a
+    bf16 load (benchmarks/load_memory.py). The spy records where each freshly built model's parameters
+    live; the loaded weights then equal the file's."""
+    from diffusers.configuration_utils import ConfigMixin
+    from safetensors.torch import load_file
+
+    from fastinv.solver import load_solver
+
+    built: dict[str, set[str]] = {}
+    real = ConfigMixin.from_config.__func__
+
+    def from_config(cls, *args, **kwargs):
+        model = real(cls, *args, **kwargs)
+        if isinstance(model, torch.nn.Module):
+            built[cls.__name__] = {p.device.type for p in model.parameters()}
+        return model
+
+    monkeypatch.setattr(ConfigMixin, "from_config", classmethod(from_config))
+    model = load_model(tiny_sd3_dir, dtype=torch.bfloat16)
+    solver = load_solver(tiny_solver_dir)
+    solver_class = type(solver.network).__name__
+    assert built == {"SD3Transformer2DModel": {"meta"}, "AutoencoderKL": {"meta"}, solver_class: {"meta"}}
+    network = model.velocity.network
+    file = load_file(tiny_sd3_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(p.dtype == torch.bfloat16 and not p.is_meta for p in network.parameters())
+    weights = network.state_dict()
+    assert all(torch.equal(weights[name], value.to(torch.bfloat16)) for name, value in file.items())
+
+
 def test_architecture_only_load_allocates_no_transformer_weights(tiny_sd3_dir: Path) -> None:
     """For the ort/trt backends: the transformer is built from its config on the meta device."""
     model = load_model(tiny_sd3_dir, transformer_weights=False)

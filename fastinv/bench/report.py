@@ -58,6 +58,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": _version("diffusers"),
+        "accelerate": _version("accelerate"),
         "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
         "tensorrt": _version("tensorrt"),
         "tensorrt_rtx": _version("tensorrt-rtx"),

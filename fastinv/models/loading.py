@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -114,7 +115,7 @@ def _load(what: str, loader: Any, folder: Path, dtype: torch.dtype, **kwargs: An
             )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise FastinvError(
-            f"incomplete model folder {folder}: cannot load {what}: {_load_reason(err)}"
+            f"incomplete model folder {folder}: cannot load {what}: {load_failure_reason(err)}"
         ) from err
     if isinstance(loaded, torch.nn.Module) and any(p.dtype != dtype for p in loaded.parameters()):
         loaded = loaded.to(dtype=dtype)
@@ -133,13 +134,19 @@ def _diffusers_silent() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
 
 
-def _load_reason(err: Exception) -> str:
-    """The line of a loading error that says what is wrong: a weight-shape mismatch names the tensor and
-    both shapes; a missing file says that only safetensors weights are read."""
+def load_failure_reason(err: Exception) -> str:
+    """The part of a diffusers loading error that says what is wrong, on one line: a weight-shape mismatch
+    names the tensor and both shapes; a missing file says that only safetensors weights are read."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     for line in lines:
-        if line.startswith("size mismatch for"):
+        if line.startswith("size mismatch for"):  # diffusers' load into a float32-built model
             return f"weights do not fit the config: {line}"
+        # its load into a meta-built model (with accelerate): "... because NAME expected shape A, but got B."
+        mismatch = re.search(r"because (\S+) expected shape (.+?), but got (.+?)\.(?: |$)", line)
+        if mismatch:
+            name, expected, found = mismatch.groups()
+            shapes = f"{found} in the file, {expected} in the config"
+            return f"weights do not fit the config: size mismatch for {name}: {shapes}"
     text = lines[0] if lines else type(err).__name__
     if "no file named" in text:
         return f"{text} (only safetensors weights are loaded)"

@@ -16,6 +16,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
+from fastinv.models.loading import load_failure_reason
 from fastinv.solver.network import DeepInvSolver
 from fastinv.solver.warm_start import WarmStartSolver
 
@@ -159,7 +160,7 @@ def load_solver(
     try:
         network = network_class.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, TypeError) as err:
-        raise FastinvError(f"cannot load the solver in {folder}: {str(err).splitlines()[0]}") from err
+        raise FastinvError(f"cannot load the solver in {folder}: {load_failure_reason(err)}") from err
     if any(p.dtype != dtype for p in network.parameters()):  # from_pretrained may leave float32 weights
         network = network.to(dtype=dtype)
     network = network.to(device=device).eval()
