@@ -228,8 +228,8 @@ def test_a_skeleton_folder_has_the_real_folders_footprint(tiny_flux_dev_dir: Pat
 
 def test_load_memory_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """benchmarks/load_memory.py on a 1-block SD3-medium skeleton, its load run in this process (the child
-    would add an import of torch and diffusers): diffusers sees accelerate, the weights read become resident,
-    and the table and JSON report it."""
+    would add an import of torch and diffusers; here freed memory is reused, so the figures are the child's
+    to give): diffusers sees accelerate, and the table and JSON report the load consistently."""
     from scripts import import_script
 
     load_memory = import_script(Path(__file__).resolve().parents[1] / "benchmarks" / "load_memory.py")
@@ -240,6 +240,7 @@ def test_load_memory_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert json.loads((tmp_path / "load_memory.json").read_text()) == record
     ((name, run),) = record["runs"].items()
     assert name == "as installed" and run["accelerate"] is True and "1 of 24 blocks" in record["model"]
-    assert run["resident"] - run["before"] >= record["weights_bytes"] > 300 * 2**20
-    assert run["peak"] >= run["resident"] and run["added"] == run["peak"] - run["before"]
+    assert run["peak"] >= run["resident"] > run["before"] and run["added"] == run["peak"] - run["before"]
+    assert run["added_per_weight_byte"] == round(run["added"] / record["weights_bytes"], 3)
+    assert record["weights_bytes"] > 300 * 2**20  # SD3-medium's embeddings and one block, and its VAE
     assert record["versions"]["accelerate"]
