@@ -5,7 +5,7 @@ python benchmarks/load_memory.py [--dtype bf16] [--layers 24] [--out benchmarks/
 
 SD3-medium's weights cannot be downloaded here, so this writes a skeleton of its folder: the published
 transformer and VAE configs, each with one safetensors file whose header lists what diffusers builds from
-that config and whose data is a sparse hole (reads as zeros; `memory_plans.write_skeleton_weights`), the
+that config and whose data is a sparse hole (reads as zeros; `memory_plans.write_skeleton`), the
 scheduler, and no text encoders. Each load runs in a fresh child process, which reports its RSS after its
 imports and its peak RSS (`ru_maxrss`) after the load and a read of every weight (safetensors maps the
 file: its pages count once a run touches them). Without accelerate, diffusers builds the model in float32
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import subprocess
 import sys
@@ -33,8 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_plans import meta_model, write_skeleton_weights
+import memory_plans
 
+from fastinv.bench.memory import MIB, current_rss_mib, process_peak_rss_mib
 from fastinv.bench.report import environment
 from fastinv.device import resolve_dtype
 from fastinv.files import save_json
@@ -58,21 +58,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "pos_embed_max_size": 192,
         "sample_size": 128,
     },
-    "vae": {
-        "_class_name": "AutoencoderKL",
-        "block_out_channels": [128, 256, 512, 512],
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": 16,
-        "layers_per_block": 2,
-        "sample_size": 1024,
-        "scaling_factor": 1.5305,
-        "shift_factor": 0.0609,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-    },
+    # SD3's VAE: FLUX.1-dev's architecture (memory_plans.CONFIGS) with its own latent scaling
+    "vae": {**memory_plans.CONFIGS["vae"], "scaling_factor": 1.5305, "shift_factor": 0.0609},
 }
 INDEX = {
     "_class_name": "StableDiffusion3Pipeline",
@@ -82,6 +69,7 @@ INDEX = {
     **{name: [None, None] for name in ("text_encoder", "text_encoder_2", "text_encoder_3")},
     **{name: [None, None] for name in ("tokenizer", "tokenizer_2", "tokenizer_3")},
 }
+SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", **SD3_SCHEDULER_DEFAULTS}
 CHILD = """
 import sys
 if sys.argv[3] == "hide":
@@ -97,43 +85,24 @@ def write_folder(folder: Path, dtype: torch.dtype, layers: int) -> int:
     """The SD3-medium skeleton folder (see the module docstring), its transformer cut to `layers` blocks;
     returns the bytes of weights it lists."""
     configs = {**CONFIGS, "transformer": {**CONFIGS["transformer"], "num_layers": layers}}
-    (folder / "scheduler").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps(INDEX))
-    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", **SD3_SCHEDULER_DEFAULTS}
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    size = torch.empty((), dtype=dtype).element_size()
-    weights = 0
-    for name, config in configs.items():
-        (folder / name).mkdir()
-        (folder / name / "config.json").write_text(json.dumps(config))
-        file = folder / name / "diffusion_pytorch_model.safetensors"
-        weights += size * write_skeleton_weights(meta_model(name, configs), file, dtype)
-    return weights
-
-
-def resident_bytes() -> int:
-    """This process's RSS now (Linux)."""
-    with open("/proc/self/statm") as statm:  # in pages
-        return int(statm.read().split()[1]) * resource.getpagesize()
+    counts = memory_plans.write_skeleton(folder, dtype, configs, INDEX, SCHEDULER)
+    return sum(counts.values()) * dtype.itemsize
 
 
 def load_and_read(folder: str | Path, dtype: str) -> dict[str, Any]:
     """Load `folder` in `dtype` with `load_model` and read every weight, as a run does (safetensors maps the
     file: its pages count once touched). Prints and returns {"accelerate": whether diffusers sees it, and in
     bytes "before" (RSS before the load), "resident" (RSS after the read), "peak" (peak RSS so far)}."""
-    before = resident_bytes()  # the imports' peak may lie above it
+    before = current_rss_mib()  # the imports' peak may lie above it
+    if before is None:
+        raise SystemExit("error: this benchmark reads the RSS from /proc/self/statm (Linux)")
     model = load_model(folder, dtype=resolve_dtype(dtype, torch.device("cpu")))
     with torch.no_grad():
         for module in (model.velocity.network, model.codec.vae):
             for tensor in module.state_dict().values():
                 tensor.sum()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: in KiB
-    run = {
-        "accelerate": is_accelerate_available(),
-        "before": before,
-        "resident": resident_bytes(),
-        "peak": peak,
-    }
+    sizes = {"before": before, "resident": current_rss_mib(), "peak": process_peak_rss_mib()}
+    run = {"accelerate": is_accelerate_available(), **{key: round(mib * MIB) for key, mib in sizes.items()}}
     print(json.dumps(run))
     return run
 

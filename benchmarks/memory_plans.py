@@ -146,17 +146,24 @@ def write_skeleton_weights(model: torch.nn.Module, path: Path, dtype: torch.dtyp
     return count
 
 
-def write_skeleton(folder: Path, dtype: torch.dtype) -> dict[str, int]:
-    """The FLUX.1-dev skeleton folder (see the module docstring); returns each component's parameters."""
+def write_skeleton(
+    folder: Path,
+    dtype: torch.dtype,
+    configs: dict[str, dict[str, Any]] = CONFIGS,
+    index: dict[str, Any] = INDEX,
+    scheduler: dict[str, Any] = SCHEDULER,
+) -> dict[str, int]:
+    """A skeleton folder (see the module docstring; default: FLUX.1-dev's) of `configs`' components with
+    `index` and `scheduler`; returns each component's parameters."""
     (folder / "scheduler").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps(INDEX))
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER))
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     counts = {}
-    for name, config in CONFIGS.items():
+    for name, config in configs.items():
         (folder / name).mkdir()
         (folder / name / "config.json").write_text(json.dumps(config))
         path = folder / name / f"{WEIGHTS.get(name, 'model')}.safetensors"
-        counts[name] = write_skeleton_weights(meta_model(name), path, dtype)
+        counts[name] = write_skeleton_weights(meta_model(name, configs), path, dtype)
     return counts
 
 
