@@ -92,8 +92,14 @@ def test_every_method_runs_on_a_real_adapter_with_cfg(
     """Each registered method through the API on a diffusers SD3 folder, CFG batched, NFE as declared."""
     inv = fastinv.load(tiny_sd3_dir, device="cpu")
     options = {"solver": TorchSolver(tiny_solver())} if method == "deepinv" else {}
-    res = inv.invert(photo, prompt="an astronaut", guidance=3.0, method=method, steps=3, **options)
+    forwards = []  # CFG batched: one transformer forward per evaluation
+    hook = inv.model.velocity.network.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        res = inv.invert(photo, prompt="an astronaut", guidance=3.0, method=method, steps=3, **options)
+    finally:
+        hook.remove()
     assert torch.isfinite(res.z_T).all() and res.z_T.shape == res.x0.shape
+    assert res.result.nfe == len(forwards)
     if method == "preciseinv":  # N + 1 evaluations, plus 0 to max_iters = 10 descent steps per step
         assert 3 + 1 <= res.result.nfe <= 3 + 1 + 3 * 10
     else:

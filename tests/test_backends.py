@@ -20,7 +20,7 @@ def test_table_and_lookups(tmp_path: Path) -> None:
     assert [name for name, b in BACKENDS.items() if b.differentiable] == ["torch"]
     assert len({b.marker for b in BACKENDS.values()}) == len(BACKENDS)
     assert available_backends()[0] == "torch" and set(available_backends()) <= set(BACKENDS)
-    assert set(METHODS) >= NEEDS_GRADIENTS
+    assert {"preciseinv"} == NEEDS_GRADIENTS and set(METHODS) > NEEDS_GRADIENTS  # its descent steps
     with pytest.raises(FastinvError, match="unknown backend 'gpu': use torch, ort, trt"):
         get_backend("gpu")
     with pytest.raises(FastinvError, match="--export-dir is for the ort and trt backends; the torch backend"):
@@ -34,6 +34,7 @@ def test_gradient_methods_are_refused_on_graph_backends() -> None:
         for method in METHODS:
             reason = backend.refusal(method)
             assert (reason is None) == (backend.differentiable or method not in NEEDS_GRADIENTS)
+            assert (reason is None) == (name == "torch" or method != "preciseinv")
             if reason is not None:
                 assert f"the {name} backend has none" in reason and "not differentiable" in reason
                 assert "\n" not in reason

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from scripts import import_script
@@ -172,3 +173,9 @@ def test_tiny_configs_are_the_test_models(
     assert {k: config[k] for k in spec.config} == {
         k: list(v) if isinstance(v, tuple) else v for k, v in spec.config.items()
     }
+
+
+def test_summary_is_the_median_and_the_20th_and_80th_percentiles(denoiser: ModuleType) -> None:
+    times = [5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 7.0]
+    expected = dict(zip(("ms_p20", "ms_median", "ms_p80"), np.percentile(times, [20, 50, 80]), strict=True))
+    assert denoiser.summary(times) == pytest.approx(expected)

@@ -511,9 +511,17 @@ def test_trt_solver_and_deepinv(fake_trt: FakeTensorRT, tiny: FlowModel, engines
 
     x0 = x0[:1]
     sigmas, cond = tiny.sigmas(3, (8, 8)), _cond(tiny, length=5, guidance=1.0)
+    velocity_kernel = _kernel(tiny, cond)
+    fake_trt.kernel = lambda inputs: solve(inputs) if "sigma_next" in inputs else velocity_kernel(inputs)
+    engine = engine_for(engines, "velocity.fp32", _profile())
+    trt_velocity = TrtVelocity.load(engine, model=tiny, device="cpu")
     with torch.no_grad():
         expected_z = invert_deepinv(tiny.velocity, x0, sigmas, cond, solver=TorchSolver(solver)).z_T
-    assert torch.allclose(invert_deepinv(tiny.velocity, x0, sigmas, cond, solver=trt_solver).z_T, expected_z)
+    fake_trt.calls.clear()
+    actual_z = invert_deepinv(trt_velocity, x0, sigmas, cond, solver=trt_solver).z_T
+    assert torch.allclose(actual_z, expected_z, atol=1e-5)
+    # every step ran both engines: one velocity call and one solver call per step
+    assert len(fake_trt.named("execute_async_v3")) == 2 * (len(sigmas) - 1)
 
 
 def test_engine_io_reads_names_modes_and_dtypes(fake_trt: FakeTensorRT, engines: Path) -> None:

@@ -92,7 +92,7 @@ def test_cli_rejects_cuda_graphs_on_cpu(
     args = ["invert", "--example", "--model", str(tiny_sd3_dir), "--device", "cpu", "--cuda-graphs"]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--out", str(tmp_path)])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     assert "CUDA graphs need a CUDA device" in capsys.readouterr().err
 
 

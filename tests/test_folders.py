@@ -15,6 +15,7 @@ from cli_runner import cli
 from PIL import Image
 from skimage import data
 
+import fastinv.api
 import fastinv.pipeline
 from fastinv import cli as cli_module
 from fastinv.folders import MANIFEST, MANIFEST_FIELDS, expand_inputs
@@ -112,12 +113,21 @@ def test_resume_skips_complete_sets_and_reruns_the_others(
 
 
 def test_a_glob_names_its_image_files_and_other_settings_rerun(
-    photos: Path, first_run: tuple, tmp_path: Path
+    photos: Path, first_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A quoted pattern takes only the image files it matches; with the recorded settings they are all
-    skipped (no model is loaded), with other steps they are inverted again."""
+    """A quoted pattern takes only the image files it matches. With the recorded settings the finished ones
+    are skipped (when nothing else is left, no model is loaded) and the broken one is tried again; with
+    other steps they are inverted again."""
     out = tmp_path / "out"
     shutil.copytree(first_run[0], out)
+    with monkeypatch.context() as patch:
+        patch.setattr(fastinv.api, "load", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+        code, _, err = cli(["invert", str(photos / "[cr]*"), "--out", str(out), *RUN])
+    assert code == 0, err
+    assert [(record["name"], record["status"]) for record in manifest(out)] == [
+        ("coffee", "skipped"),
+        ("rocket", "skipped"),
+    ]
     code, _, err = cli(["invert", str(photos / "*e*"), "--out", str(out), *RUN])  # not notes.txt
     assert code == 2 and "1 of 3 images failed" in one_error_line(err)
     assert [(record["name"], record["status"]) for record in manifest(out)] == [

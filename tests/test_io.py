@@ -273,7 +273,8 @@ def test_crop_to_multiple_is_divisible_smaller_and_centered(w: int, h: int, mult
     ys, xs = np.mgrid[0:h, 0:w]
     array = np.stack([xs, ys, np.zeros_like(xs)], axis=2).astype(np.uint8)
     if w < multiple or h < multiple:
-        with pytest.raises(FastinvError):
+        too_small = f"is {w}×{h} px; this model needs at least {multiple}×{multiple} px"
+        with pytest.raises(FastinvError, match=too_small):
             load_image(array, multiple=multiple)
         return
     loaded = load_image(array, multiple=multiple)
@@ -362,11 +363,11 @@ def test_too_small(tmp_path: Path) -> None:
 
 
 def test_programmer_errors_are_not_fastinv_errors() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multiple and min_size must be >= 1, got multiple=0"):
         load_image(np.zeros((4, 4), dtype=np.uint8), multiple=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"size must be \(W, H\) with positive sides, got \(0, 4\)"):
         load_image(np.zeros((4, 4), dtype=np.uint8), size=(0, 4))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expects a path, bytes, PIL image or numpy array, got int"):
         load_image(42)  # type: ignore[arg-type]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_cli_masked_edit_resizes_the_mask_and_keeps_the_outside(tmp_path: Path) 
     assert "mask.png is 48×32 px, resized to the image's 96×64" in printed
     assert "outside the mask" in printed
     record = json.loads((out / "cup.edit.json").read_text())
-    assert record["mask"]["feather"] == DEFAULT_FEATHER and 0 < record["mask"]["editable_fraction"] < 1
+    assert record["mask"]["feather"] == DEFAULT_FEATHER
     source, edit = (np.asarray(Image.open(out / f"cup.{name}.png")) for name in ("source", "edit"))
     # resized ×2 and center-cropped 96×64 → 64×64 as the image: the editable box is rows 16–47, columns 8–55
     outside = np.ones((64, 64), bool)
@@ -117,6 +118,8 @@ def test_cli_masked_edit_resizes_the_mask_and_keeps_the_outside(tmp_path: Path) 
     assert not np.array_equal(source[20:44, 12:52], edit[20:44, 12:52])
     scores = record["metrics"]["mask_vs_reconstruction"]  # at 4 steps the reconstruction itself is ~22 dB
     assert set(scores) == {"editable_fraction", "psnr_outside", "psnr_inside", "psnr_core"}
+    assert scores["editable_fraction"] == 32 * 48 / 64**2  # the box above; the feather ramps inside it
+    assert all(math.isfinite(scores[name]) for name in ("psnr_outside", "psnr_inside", "psnr_core"))
     assert inspect.signature(fastinv.cli.edit).parameters["mask_feather"].default == DEFAULT_FEATHER
 
 

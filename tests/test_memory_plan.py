@@ -17,6 +17,7 @@ import torch
 from cli_runner import cli
 
 from fastinv.api import Inverter, load
+from fastinv.bench.memory import process_peak_rss_mib
 from fastinv.models import EXAMPLE_IMAGE, load_model
 from fastinv.models import offload as offload_module
 from fastinv.models.footprint import footprint, weight_files
@@ -195,7 +196,8 @@ def test_a_run_records_its_peak_memory(tmp_path: Path) -> None:
     (metrics_file,) = tmp_path.glob("*.metrics.json")
     record = json.loads(metrics_file.read_text())
     peaks = record["peak_memory_mib"]
-    assert set(peaks) == {"inversion", "reconstruction"} and all(50 < mib < 1e6 for mib in peaks.values())
+    assert set(peaks) == {"inversion", "reconstruction"}
+    assert all(50 < mib <= process_peak_rss_mib() for mib in peaks.values())  # sampled, so ≤ the kernel's
     assert "RSS" in record["peak_memory"]
     (line,) = (tmp_path / "manifest.jsonl").read_text().splitlines()
     assert json.loads(line)["peak_memory_mib"] == max(peaks.values())

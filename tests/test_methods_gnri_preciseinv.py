@@ -174,17 +174,18 @@ def test_zero_iterations_are_the_one_evaluation_methods() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "options"),
+    ("method", "options", "message"),
     [
-        (invert_gnri, {"iterations": -1}),
-        (invert_gnri, {"prior_weight": -0.1}),
-        (invert_gnri, {"eps": 0.0}),
-        (invert_preciseinv, {"eta": -1.0}),
-        (invert_preciseinv, {"lr": 0.0}),
-        (invert_preciseinv, {"max_iters": -1}),
+        (invert_gnri, {"iterations": -1}, "GNRI needs .*: -1, 0.1, 1e-12$"),
+        (invert_gnri, {"prior_weight": -0.1}, "GNRI needs .*: 1, -0.1, 1e-12$"),
+        (invert_gnri, {"eps": 0.0}, "GNRI needs .*: 1, 0.1, 0.0$"),
+        (invert_preciseinv, {"eta": -1.0}, "PreciseInv needs .*: -1.0, 0.5, 10$"),
+        (invert_preciseinv, {"lr": 0.0}, "PreciseInv needs .*: 0.01, 0.0, 10$"),
+        (invert_preciseinv, {"max_iters": -1}, "PreciseInv needs .*: 0.01, 0.5, -1$"),
     ],
 )
-def test_bad_options_raise(method, options: dict) -> None:
+def test_bad_options_raise(method, options: dict, message: str) -> None:
+    """The methods' own checks (called directly; the CLI and API check options first, options.py)."""
     x0, sigmas = x0_and_sigmas(2)
-    with pytest.raises(FastinvError):
+    with pytest.raises(FastinvError, match=message):
         method(TanhField(), x0, sigmas, COND, **options)

@@ -116,5 +116,5 @@ def test_schnell_like_against_dev_like_measurement(
     assert [(r["folder"], r["method"]) for r in rows] == [
         (folder, method) for folder in ("schnell-like", "dev-like") for method in script.METHODS
     ]
-    assert all(0 <= r["mse_latent"] < 1 for r in rows)
+    assert all(0 < r["mse_latent"] < 1 for r in rows)  # inexact, as every method is in 4 steps
     assert {r["folder"]: r["warned_distilled"] for r in rows} == {"schnell-like": True, "dev-like": False}

@@ -129,7 +129,8 @@ def test_transformer_only_folder_uses_precomputed_embeddings(
 
 def test_pixel_space_folder(tiny_sd3_pixel_dir: Path) -> None:
     model = load_model(tiny_sd3_pixel_dir)
-    assert isinstance(model.codec, IdentityCodec) and model.notes
+    assert isinstance(model.codec, IdentityCodec)
+    assert "pixel-space model: no VAE, latents are RGB in [-1, 1]" in model.notes
     pixels = torch.rand(1, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(model.codec.decode(model.codec.encode(pixels)), pixels)
 
@@ -198,4 +199,7 @@ def test_architecture_only_load_allocates_no_transformer_weights(tiny_sd3_dir: P
     model = load_model(tiny_sd3_dir, transformer_weights=False)
     network = model.velocity.network
     assert all(p.is_meta for p in network.parameters())
-    assert network.config.in_channels == model.codec.channels and model.max_side is not None
+    assert network.config.in_channels == model.codec.channels
+    # SD3's positional grid covers pos_embed_max_size patches per side, in latents, then the VAE's ×8
+    config = network.config
+    assert model.max_side == config.pos_embed_max_size * config.patch_size * model.codec.scale_factor

@@ -114,7 +114,11 @@ def test_train_cli_writes_a_solver_that_deepinv_uses(
     targets = json.loads((out / "targets.json").read_text())
     for round_ in ("round 0", "round 1"):
         by_t = targets[round_]["by_T"]
-        assert set(by_t) == {"1", "3"} and all(0 <= row["max_residual"] < 1 for row in by_t.values())
+        assert set(by_t) == {"1", "3"}
+        for row in by_t.values():  # all converged exactly when the worst residual is under the tolerance
+            assert (row["converged"] == 1.0) == (row["max_residual"] < targets["tolerance"])
+            assert row["median_residual"] <= row["max_residual"]
+            assert 1 <= row["mean_evaluations"] <= targets["max_evaluations"] == RECIPE["max_evaluations"]
         assert len(targets[round_]["steps"]) == 1 + 3
     trained = _weights(out / "solver")
     assert trained["proj_out.weight"].abs().sum() > 0  # moved off the zero (warm_fixed_point) start
@@ -349,6 +353,12 @@ def test_an_existing_solver_is_replaced_only_with_force(
 ) -> None:
     out = tmp_path / "run"
     (out / "solver").mkdir(parents=True)
+    (out / "solver" / "notes.txt").write_text("an earlier solver")
     base = ["train", "--model", str(tiny_sd3_dir), "--images", str(images), "--out", str(out)]
     code, _, err = cli([*base, "--config", str(recipe_file)])
     assert code == 2 and "exists: pass --force" in err
+    assert [f.name for f in (out / "solver").iterdir()] == ["notes.txt"]  # left as it was
+    code, _, err = cli([*base, "--config", str(recipe_file), "--force"])
+    assert code == 0, err
+    assert "notes.txt" not in {f.name for f in (out / "solver").iterdir()}  # replaced whole, not mixed
+    assert _weights(out / "solver")["proj_out.weight"].abs().sum() > 0

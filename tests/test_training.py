@@ -12,9 +12,10 @@ import torch
 
 from fastinv.models import load_model
 from fastinv.models.codecs import IdentityCodec
+from fastinv.models.loading import DEFAULT_MODEL
 from fastinv.models.minilm import SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.training.photos import CAPTIONS, HELD_OUT, TRAIN, load_photo
-from fastinv.training.rectified_flow import DEFAULT_CONFIG, CropSampler, TrainConfig, train
+from fastinv.training.rectified_flow import DEFAULT_CONFIG, CropSampler, TrainConfig, build_transformer, train
 
 TINY = replace(
     TrainConfig.read(DEFAULT_CONFIG),
@@ -86,15 +87,23 @@ def test_short_training_run_loads_back(tmp_path: Path) -> None:
 
 
 def test_config_file_is_the_default_recipe() -> None:
-    config = TrainConfig.read(
-        Path(__file__).resolve().parents[1] / "fastinv" / "training" / "default_model.json"
-    )
-    assert replace(config) == config and config.resolution >= 64 and config.seed == 0
+    """default_model.json is the recipe the shipped model records it was trained with, and it builds the
+    shipped transformer (same config, hence the same parameter shapes)."""
+    config = TrainConfig.read(DEFAULT_CONFIG)
+    assert config == TrainConfig.read(DEFAULT_MODEL / "training" / "config.json")
+    shipped = json.loads((DEFAULT_MODEL / "transformer" / "config.json").read_text())
+    built = json.loads(build_transformer(config).to_json_string())  # what save_pretrained writes
+    assert {key: built[key] for key in shipped if key != "_diffusers_version"} == {
+        key: value for key, value in shipped.items() if key != "_diffusers_version"
+    }
 
 
-@pytest.mark.parametrize("name", ["steps", "resolution"])
-def test_config_rejects_unknown_keys(tmp_path: Path, name: str) -> None:
+def test_config_rejects_unknown_and_missing_keys(tmp_path: Path) -> None:
+    recipe = json.loads(DEFAULT_CONFIG.read_text())
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({name: 1, "bogus": 2}))
-    with pytest.raises(TypeError):
+    path.write_text(json.dumps({**recipe, "bogus": 2}))
+    with pytest.raises(TypeError, match="'bogus'"):
+        TrainConfig.read(path)
+    path.write_text(json.dumps({key: value for key, value in recipe.items() if key != "shift"}))
+    with pytest.raises(TypeError, match="'shift'"):
         TrainConfig.read(path)
