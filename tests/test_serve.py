@@ -449,6 +449,7 @@ def test_a_replica_killed_in_a_burst_costs_retryable_503s_and_is_replaced(
             time.sleep(0.01)
         ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
         killed_at = time.monotonic()
+        assert sum(not future.done() for future in futures) >= len(jobs) // 2  # killed mid-burst
         answers = [future.result() for future in futures]  # each within the client's timeout
     statuses = [answer.status_code for answer in answers]
     assert set(statuses) <= {200, 503}, statuses
