@@ -1075,12 +1075,18 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
+    """One `error:` line, then exit `code`; after SIGINT / SIGTERM, whatever failed (an import the signal
+    cut short, say), the interruption's line and 128 + signum."""
+    if _received:
+        _interrupted(_received[0])
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(code)
 
 
 def _interrupted(signum: int) -> NoReturn:
-    _fail(f"interrupted by {signal.Signals(signum).name}: stopped, nothing half-written left", 128 + signum)
+    name = signal.Signals(signum).name
+    print(f"error: interrupted by {name}: stopped, nothing half-written left", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1102,7 +1108,8 @@ def main(argv: list[str] | None = None) -> None:
     except FastinvError as err:
         _fail(str(err))
     except typer.TyperException as err:  # usage errors of typer's (vendored) click
-        _fail(err.format_message() if hasattr(err, "format_message") else str(err))
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        _fail(message or "no command given: the help above lists them")  # bare `fastinv`: help, then this
     except KeyboardInterrupt:
         _interrupted(_received[0] if _received else signal.SIGINT)
     except OSError as err:
@@ -1110,7 +1117,7 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         _fail("out of memory")
     except Exception as err:
-        if os.environ.get("FASTINV_DEBUG"):
+        if os.environ.get("FASTINV_DEBUG") and not _received:
             raise
         _fail(f"internal error ({type(err).__name__}: {err}); rerun with FASTINV_DEBUG=1 for the traceback")
     finally:

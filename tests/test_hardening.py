@@ -122,6 +122,30 @@ def test_signals_end_in_one_line_and_their_exit_code(
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+def test_bare_fastinv_prints_the_help_and_one_error_line() -> None:
+    code, out, err = cli([])
+    assert code == 2 and "Usage: " in out and "invert" in out
+    assert one_error_line(err) == "error: no command given: the help above lists them"
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, ImportError, FastinvError])
+def test_a_signal_that_breaks_an_import_still_exits_with_its_code(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failure: type[Exception]
+) -> None:
+    """A signal that lands inside a library's import surfaces as whatever that import then raises (a
+    RuntimeError, an ImportError, ...), not as KeyboardInterrupt: the exit is still 143 and its line."""
+
+    def import_cut_short(*args: object, **kwargs: object) -> None:
+        try:
+            cli_module._on_signal(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise failure("Failed to import diffusers.schedulers: cannot load module twice") from None
+
+    monkeypatch.setattr(fastinv.api, "load", import_cut_short)
+    exit_code, _, err = cli(["invert", "--example", "--steps", "2", "--out", str(tmp_path / "o")])
+    assert exit_code == 143 and "interrupted by SIGTERM" in one_error_line(err)
+
+
 def test_a_real_sigterm_mid_run(tmp_path: Path) -> None:
     out = tmp_path / "o"
     command = [sys.executable, "-m", "fastinv", "invert", "--example", "--steps", "5000", "--out", str(out)]
