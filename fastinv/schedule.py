@@ -27,6 +27,11 @@ FLUX_SCHEDULER_DEFAULTS: dict[str, Any] = {
 }
 
 
+ROUNDING = 1e-6
+"""How far above 1 a σ may be: diffusers computes schedules in float32, so σ_0 can exceed 1 by a rounding
+error (kept as computed, so that fastinv's schedules are the pipelines')."""
+
+
 def flow_sigmas(
     scheduler_config: Mapping[str, Any],
     steps: int,
@@ -67,17 +72,22 @@ def flow_sigmas(
             scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps).tolist(), mu=mu)
     else:
         scheduler.set_timesteps(steps)
-    return scheduler.sigmas.to(torch.float64).cpu()
+    sigmas = scheduler.sigmas.to(torch.float64).cpu()
+    try:
+        check_schedule(sigmas)
+    except FastinvError as err:
+        raise FastinvError(f"the scheduler config gives no schedule for {steps} steps: {err}") from None
+    return sigmas
 
 
 def check_schedule(sigmas: Any) -> None:
     """One-line error unless `sigmas` is a schedule to sample over: a 1-D float tensor of N+1 values in
-    [0, 1], strictly decreasing, 1 <= N <= MAX_STEPS."""
+    [0, 1] (up to ROUNDING above), strictly decreasing, 1 <= N <= MAX_STEPS."""
     if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or not sigmas.is_floating_point():
         raise FastinvError("sigmas must be a 1-D float tensor of N+1 values")
     if not 2 <= len(sigmas) <= MAX_STEPS + 1:
         raise FastinvError(f"sigmas must hold N+1 values, 1 <= N <= {MAX_STEPS}, got {len(sigmas)} values")
-    if not bool(torch.isfinite(sigmas).all()) or sigmas.min() < 0 or sigmas.max() > 1:
+    if not bool(torch.isfinite(sigmas).all()) or sigmas.min() < 0 or sigmas.max() > 1 + ROUNDING:
         raise FastinvError("sigmas must be finite and in [0, 1]")
     if not bool((sigmas[1:] < sigmas[:-1]).all()):
         raise FastinvError("sigmas must decrease strictly (sampling order, noise to clean)")

@@ -295,6 +295,57 @@ def test_malformed_model_folders(shipped_copy: Path, tmp_path: Path) -> None:
     assert code == 2 and "resolution must be [W, H]" in one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    ("name", "changes", "message"),
+    [
+        ("transformer/config.json", {"num_layers": -1}, "num_layers must be an integer in [1, 256], got -1"),
+        ("transformer/config.json", {"num_layers": 100000}, "num_layers must be an integer in [1, 256]"),
+        ("transformer/config.json", {"patch_size": 0}, "patch_size must be an integer in [1, 64], got 0"),
+        ("transformer/config.json", {"pos_embed_max_size": 200000}, "pos_embed_max_size must be an integer"),
+        ("transformer/config.json", {"sample_size": "64"}, "sample_size must be an integer in [1, 8192]"),
+        (
+            "transformer/config.json",
+            {"num_attention_heads": 512, "attention_head_dim": 1024},
+            "at most 32768",
+        ),
+        ("transformer/config.json", {"dual_attention_layers": [7]}, "block indices below 6, got [7]"),
+        ("scheduler/scheduler_config.json", {"shift": -2.0}, "shift must be a number in (0, 100], got -2.0"),
+        ("scheduler/scheduler_config.json", {"shift": "abc"}, "shift must be a number in (0, 100]"),
+        ("scheduler/scheduler_config.json", {"num_train_timesteps": 0}, "num_train_timesteps must be an int"),
+        (
+            "scheduler/scheduler_config.json",
+            {"use_dynamic_shifting": 1},
+            "use_dynamic_shifting must be true or",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"use_dynamic_shifting": True, "base_image_seq_len": 4096, "max_image_seq_len": 4096},
+            "base_image_seq_len and max_image_seq_len must be integers with 1 <= base < max",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"invert_sigmas": True},
+            "gives no schedule for 2 steps: sigmas must",
+        ),
+    ],
+)
+def test_config_values_out_of_range_are_refused_before_loading(
+    shipped_copy: Path, tmp_path: Path, name: str, changes: dict, message: str
+) -> None:
+    """Out-of-range config values (diffusers would build no blocks, stall, divide by zero or give σ outside
+    [0, 1]) end in one line naming the field, before any weights are read; `fastinv info` too."""
+    config = json.loads((shipped_copy / name).read_text()) | changes
+    (shipped_copy / name).write_text(json.dumps(config))
+    code, _, err = cli(
+        ["invert", "--example", "--steps", "2", "--model", str(shipped_copy), "--out", str(tmp_path)]
+    )
+    assert code == 2 and message in one_error_line(err), err
+    assert not any(tmp_path.glob("*.zT.safetensors"))
+    if name.startswith("transformer"):
+        code, _, err = cli(["info", "--model", str(shipped_copy)])
+        assert code == 2 and message in one_error_line(err)
+
+
 def test_weight_shape_mismatch_names_the_tensor(
     tiny_sd3_dir: Path, tiny_solver_dir: Path, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DMod
 from fastinv.errors import FastinvError
 from fastinv.models.base import FlowModel, LatentCodec, PromptEncoder
 from fastinv.models.codecs import IdentityCodec, VaeCodec
+from fastinv.models.config_checks import check_scheduler_config, check_transformer_config
 from fastinv.models.minilm import SPEC_FILE, SentenceEncoderPrompts, SentenceEncoderSpec
 from fastinv.models.prompts import MissingPrompts, PipelinePrompts, PrecomputedPrompts
 from fastinv.models.sd3 import SD3Velocity
@@ -95,11 +96,16 @@ def inspect_folder(model_dir: Path) -> tuple[str, Path, dict[str, Any] | None]:
         transformer_dir = model_dir / "transformer"
         if not (transformer_dir / "config.json").is_file():
             raise FastinvError(f"incomplete model folder {model_dir}: no transformer/config.json")
-        _family(_read_json(transformer_dir / "config.json").get("_class_name", "?"), transformer_dir)
+        config = _read_json(transformer_dir / "config.json")
+        _family(config.get("_class_name", "?"), transformer_dir)
+        check_transformer_config(config, transformer_dir / "config.json")
         return family, transformer_dir, index
     config_path = model_dir / "config.json"
     if config_path.is_file():
-        return _family(_read_json(config_path).get("_class_name", "?"), config_path), model_dir, None
+        config = _read_json(config_path)
+        family = _family(config.get("_class_name", "?"), config_path)
+        check_transformer_config(config, config_path)
+        return family, model_dir, None
     raise FastinvError(
         f"{model_dir} is not a diffusers model folder (no model_index.json, transformer/ or config.json)"
     )
@@ -228,7 +234,9 @@ def build_model(parts: ModelParts, device: torch.device, dtype: torch.dtype) -> 
         raise FastinvError(f"{parts.name} has no VAE and its transformer takes {in_channels}-channel latents")
 
     scheduler_config = parts.scheduler_config
-    if scheduler_config is None:
+    if scheduler_config is not None:
+        check_scheduler_config(scheduler_config, f"{parts.name}: the scheduler config")
+    else:
         scheduler_config = dict(SD3_SCHEDULER_DEFAULTS if parts.family == "sd3" else FLUX_SCHEDULER_DEFAULTS)
         notes.append(f"no scheduler: using {parts.family.upper()} defaults {scheduler_config}")
 
