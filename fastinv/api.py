@@ -305,6 +305,11 @@ class Inverter:
                 source=source,
                 config=self.config,
             )
+            if not bool(torch.isfinite(latents).all()):  # one host sync per reconstruction or edit
+                raise FastinvError(
+                    f"Euler sampling over {len(sigmas) - 1} steps produced non-finite latents (NaN or inf): "
+                    "check z_T (an inversion's, of normal scale?) and the prompt embeddings, or use fp32"
+                )
             pixels = self.model.codec.decode(latents).cpu()
             seconds = clock.seconds()
         image = pixels_to_pil(pixels)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -459,3 +460,34 @@ def test_a_killed_export_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> No
     (tmp_path / "solver.fp32.onnx").write_text("kept")
     assert len(remove_stale_staging(final)) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["solver.fp32.onnx"]
+
+
+# --- 13. NaN and inf never pass silently --------------------------------------------------------------------
+
+
+def test_non_finite_sampling_is_a_one_line_error(tiny_sd3_dir: Path) -> None:
+    inverter = fastinv.load(tiny_sd3_dir, device="cpu")
+    inversion = inverter.invert(np.asarray(Image.new("RGB", (64, 64), (120, 80, 40))), steps=2)
+    inversion.result.z_T[..., 0, 0] = float("nan")
+    with pytest.raises(FastinvError, match=r"^Euler sampling over 2 steps produced non-finite latents"):
+        inverter.reconstruct(inversion)
+
+
+@pytest.mark.parametrize(("dtype", "remedy"), [(torch.float32, "check the input"), (torch.float16, "fp16")])
+def test_non_finite_vae_output_is_reported_not_clamped(
+    tiny_sd3_dir: Path, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, remedy: str
+) -> None:
+    """An inf the VAE decodes would be clamped to a saturated pixel: it is an error, as is one it encodes."""
+    from fastinv.models.codecs import VaeCodec
+
+    codec = fastinv.load(tiny_sd3_dir, device="cpu").model.codec
+    assert isinstance(codec, VaeCodec)
+    codec = VaeCodec(codec.vae, dtype)
+    infinite = torch.full((1, 3, 16, 16), float("inf"))
+    monkeypatch.setattr(codec.vae, "decode", lambda z, return_dict=False: (infinite,))
+    with pytest.raises(FastinvError, match=rf"^the VAE decoded non-finite values \(NaN or inf\): {remedy}"):
+        codec.decode(torch.zeros(1, codec.channels, 2, 2))
+    posterior = SimpleNamespace(mode=lambda: torch.full((1, codec.channels, 2, 2), -torch.inf))
+    monkeypatch.setattr(codec.vae, "encode", lambda x: SimpleNamespace(latent_dist=posterior))
+    with pytest.raises(FastinvError, match=rf"^the VAE encoded non-finite values \(NaN or inf\): {remedy}"):
+        codec.encode(torch.zeros(1, 3, 16, 16))

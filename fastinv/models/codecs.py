@@ -5,6 +5,16 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL
 
+from fastinv.errors import FastinvError
+
+
+def _finite(x: torch.Tensor, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """`x`, or a one-line error when it holds NaN or inf (checked before any clamp could hide an inf)."""
+    if not bool(torch.isfinite(x).all()):
+        remedy = "fp16 overflow: use --dtype bf16 or fp32" if dtype == torch.float16 else "check the input"
+        raise FastinvError(f"the VAE {what} non-finite values (NaN or inf): {remedy}")
+    return x
+
 
 class VaeCodec:
     """AutoencoderKL with the model's normalisation: latents = (mode(E(x)) − shift_factor) · scaling_factor.
@@ -25,13 +35,13 @@ class VaeCodec:
         """pixels [B, 3, H, W] in [-1, 1] → latents [B, C, H/f, W/f] float32."""
         device = next(self.vae.parameters()).device
         posterior = self.vae.encode(pixels.to(device, self.dtype)).latent_dist
-        return ((posterior.mode() - self.shift) * self.scaling).float()
+        return _finite(((posterior.mode() - self.shift) * self.scaling).float(), "encoded", self.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, C, h, w] → pixels [B, 3, h·f, w·f] float32 in [-1, 1] (clamped)."""
         z = latents.to(self.dtype) / self.scaling + self.shift
-        return self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+        return _finite(self.vae.decode(z, return_dict=False)[0].float(), "decoded", self.dtype).clamp(-1, 1)
 
 
 class IdentityCodec:
