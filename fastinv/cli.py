@@ -609,6 +609,8 @@ def train(
 
     _quiet_libraries()
     _check_out(out)
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise FastinvError(f"--dtype for train must be auto, fp32 or bf16, got {dtype!r}")
     from fastinv.api import load
     from fastinv.methods import parse_pairs
     from fastinv.solver.recipe import DEFAULT_RECIPE, SolverTrainConfig
@@ -978,11 +980,11 @@ def info(
     from fastinv.runtime.tensorrt import library
     from fastinv.runtime.tensorrt.cache import engines_in
 
-    estimate = None
-    if model is not None:  # its errors before any output
+    estimate, estimate_dtype = None, resolve_dtype(dtype, resolve_device("auto"))  # errors before any output
+    if model is not None:
         from fastinv.models.footprint import footprint
 
-        estimate = footprint(model, resolve_dtype(dtype, resolve_device("auto")))
+        estimate = footprint(model, estimate_dtype)
     table = Table(title=f"fastinv {__version__}", show_header=False)
     table.add_column("what")
     table.add_column("value")

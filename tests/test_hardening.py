@@ -247,6 +247,21 @@ def test_bad_options_stop_before_any_work(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "--dtype", "bogus"], "unknown dtype 'bogus': use auto, fp32, bf16, fp16"),  # no --model
+        (["train", "--dtype", "fp16"], "--dtype for train must be auto, fp32 or bf16, got 'fp16'"),
+    ],
+)
+def test_other_commands_check_their_dtype_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], message: str
+) -> None:
+    monkeypatch.setattr(fastinv.api, "load", lambda *a, **k: pytest.fail("loaded a model for a bad option"))
+    code, out, err = cli([*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args)
+    assert code == 2 and one_error_line(err) == f"error: {message}" and not out
+
+
 @pytest.fixture(scope="module")
 def shipped() -> fastinv.Inverter:
     return fastinv.load(device="cpu")
