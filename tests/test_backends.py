@@ -3,6 +3,8 @@ gradients refused up front on a backend without them (CLI, API)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,41 @@ def test_api_refuses_preciseinv_on_ort_before_any_work(tiny_sd3_dir: Path, tmp_p
     inverter = fastinv.api.Inverter(model, backend="ort", export_dir=tmp_path)
     with pytest.raises(FastinvError, match="the ort backend has none"):
         inverter.invert(tmp_path / "absent.png", method="preciseinv")  # refused before the image loads
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("inputs", [1, 2], "has no fastinv metadata"),
+        ("inputs", {"latents": [{"name": "batch", "multiple": 0}, 4]}, "input latents's axes"),
+        ("inputs", {"latents": [{"name": "batch", "min": "a"}, 4]}, "input latents's axes"),
+        ("inputs", {"latents": [{"name": "batch", "min": 4, "max": 2}, 4]}, "input latents's axes"),
+        ("inputs", {"latents": [0, 4]}, "input latents's axes"),
+        ("inputs", {"noise": [1, 4]}, "output_like 'latents' is not an input"),
+        ("precision", "fp8", "precision 'fp8'"),
+        ("example", {"batch": -1}, "example sizes"),
+    ],
+)
+def test_malformed_graph_metadata_is_one_line(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """An export folder's graph is untrusted input: its fastinv metadata is range-checked when read."""
+    onnx = pytest.importorskip("onnx")
+    from fastinv.runtime.spec import Axis, GraphSpec, read_spec
+
+    spec = GraphSpec("velocity", "sd3", "fp32", {"latents": [Axis("batch"), 4]}, "velocity", "latents", {})
+    x, y = (onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "velocity.fp32.onnx"
+
+    def write(props: dict[str, str]) -> None:
+        model = onnx.helper.make_model(graph)
+        onnx.helper.set_model_props(model, props)
+        onnx.save(model, str(path))
+
+    write(spec.metadata())
+    assert read_spec(path) == spec
+    write(spec.metadata() | {f"fastinv.{field}": value if isinstance(value, str) else json.dumps(value)})
+    with pytest.raises(FastinvError, match=re.escape(message)) as error:
+        read_spec(path)
+    assert "\n" not in str(error.value)

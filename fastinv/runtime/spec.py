@@ -39,6 +39,18 @@ class Axis:
         return f"{self.name} ({self.min}..{top}{step})"
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _valid_dim(dim: Any) -> bool:
+    """A static size ≥ 1, or an Axis with a text name and integer bounds 1 <= min <= max, multiple ≥ 1."""
+    if not isinstance(dim, Axis):
+        return _positive(dim)
+    top_ok = dim.max is None or (_positive(dim.max) and dim.max >= dim.min)
+    return isinstance(dim.name, str) and _positive(dim.min) and _positive(dim.multiple) and top_ok
+
+
 Dims = list[int | Axis]
 """The axes of one input: static sizes and dynamic `Axis`es."""
 
@@ -102,14 +114,36 @@ class GraphSpec:
                 name: [axis if isinstance(axis, int) else Axis(**axis) for axis in dims]
                 for name, dims in json.loads(values.pop("inputs")).items()
             }
-            return cls(
+            spec = cls(
                 inputs=inputs,
                 config=json.loads(values.pop("config")),
                 example=json.loads(values.pop("example")),
                 **values,
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
             raise FastinvError(f"{source} has no fastinv metadata: fastinv.export did not write it") from err
+        problem = spec._problem()
+        if problem is not None:
+            raise FastinvError(f"{source}: its fastinv metadata is malformed ({problem}): export it again")
+        return spec
+
+    def _problem(self) -> str | None:
+        """What is out of range in a spec read from a file (untrusted), or None."""
+        texts = (self.kind, self.family, self.precision, self.output, self.source, self.version, self.weights)
+        if not all(isinstance(text, str) for text in texts):
+            return "a field that should be text is not"
+        if self.kind not in ("velocity", "solver") or self.precision not in ("fp32", "bf16", "fp16"):
+            return f"kind {self.kind!r}, precision {self.precision!r}"
+        if not isinstance(self.config, dict) or not isinstance(self.example, dict):
+            return "config and example must be objects"
+        if not all(_positive(size) for size in self.example.values()):
+            return f"example sizes {self.example}"
+        if not self.inputs or self.output_like not in self.inputs:
+            return f"output_like {self.output_like!r} is not an input"
+        for name, dims in self.inputs.items():
+            if not isinstance(dims, list) or not all(_valid_dim(dim) for dim in dims):
+                return f"input {name}'s axes {dims}"
+        return None
 
     def describe(self, name: str) -> str:
         return "[" + ", ".join(str(axis) for axis in self.inputs[name]) + "]"
