@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import FluxPipeline
+from safetensors.torch import save_file
 
 from fastinv.errors import FastinvError
 from fastinv.models import load_model
 from fastinv.models.codecs import IdentityCodec, VaeCodec
 from fastinv.models.flux import FluxVelocity
-from fastinv.models.prompts import PipelinePrompts, PrecomputedPrompts, save_prompt_embeddings
+from fastinv.models.prompts import (
+    EMBEDDINGS_FORMAT,
+    PipelinePrompts,
+    PrecomputedPrompts,
+    save_prompt_embeddings,
+)
 from fastinv.models.sd3 import SD3Velocity
 
 
@@ -125,6 +132,31 @@ def test_transformer_only_folder_uses_precomputed_embeddings(
     )
     with pytest.raises(FastinvError, match="'a dog' is not in"):
         bare.conditioning("a dog")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ((torch.zeros(1, 5, 7), torch.zeros(1, 40)), "the embeddings of 'p' are 7 wide, the model takes 48"),
+        ((torch.zeros(1, 5, 48), torch.zeros(1, 9)), "pooled embedding of 'p' is 9 wide, the model takes 40"),
+        ((torch.zeros(5, 48), torch.zeros(1, 40)), "prompt_embeds of 'p' must be a float tensor [1, L, D]"),
+        ((torch.zeros(1, 5, 48, dtype=torch.int64), None), "float tensor [1, L, D], got torch.int64"),
+        ((torch.full((1, 5, 48), float("nan")), None), "prompt_embeds of 'p' holds NaN or inf"),
+        ((torch.zeros(1, 5, 48), torch.zeros(40)), "pooled_embeds of 'p' must be a float tensor [1, P]"),
+    ],
+)
+def test_an_embeddings_file_is_checked_against_the_model(
+    tiny_sd3_transformer_only_dir: Path, tmp_path: Path, entry: tuple, message: str
+) -> None:
+    """An --embeddings file is untrusted input: shapes, dtype, values and the model's widths, on load."""
+    file = tmp_path / "prompts.safetensors"
+    tensors = {"prompt_embeds.0": entry[0]} | ({} if entry[1] is None else {"pooled_embeds.0": entry[1]})
+    save_file(tensors, str(file), metadata={"format": EMBEDDINGS_FORMAT, "prompts": '["p"]'})
+    with pytest.raises(FastinvError, match=re.escape(message)):
+        load_model(tiny_sd3_transformer_only_dir, embeddings=file)
+    save_file(tensors, str(file), metadata={"format": EMBEDDINGS_FORMAT, "prompts": "5"})
+    with pytest.raises(FastinvError, match="its prompts must be a list of strings, got 5"):
+        load_model(tiny_sd3_transformer_only_dir, embeddings=file)
 
 
 def test_pixel_space_folder(tiny_sd3_pixel_dir: Path) -> None:

@@ -171,9 +171,12 @@ def _prompt_encoder(
     embeddings: Path | None,
     device: torch.device,
     dtype: torch.dtype,
+    widths: tuple[int, int],
 ) -> PromptEncoder:
+    """widths: the transformer's (joint_attention_dim, pooled_projection_dim), which an embeddings file
+    must match."""
     if embeddings is not None:
-        return PrecomputedPrompts(embeddings)
+        return PrecomputedPrompts(embeddings, *widths)
     spec = model_dir / "text_encoder" / SPEC_FILE
     if spec.is_file():
         return SentenceEncoderPrompts(SentenceEncoderSpec.read(spec), device)
@@ -304,13 +307,14 @@ def load_model(
     embeddings_path = Path(embeddings) if embeddings is not None else None
     if embeddings_path is None and (model_dir / "prompt_embeds.safetensors").is_file():
         embeddings_path = model_dir / "prompt_embeds.safetensors"
+    widths = (network.config.joint_attention_dim, network.config.pooled_projection_dim)
     parts = ModelParts(
         name=str(model_dir),
         family=family,
         transformer=network,
         vae=vae,
         scheduler_config=_read_json(scheduler_file) if scheduler_file.is_file() else None,
-        prompt_encoder=_prompt_encoder(family, model_dir, index, embeddings_path, device, dtype),
+        prompt_encoder=_prompt_encoder(family, model_dir, index, embeddings_path, device, dtype, widths),
         resolution=_resolution(index, model_dir),
         solver_dir=model_dir / "solver" if (model_dir / "solver" / "config.json").is_file() else None,
         weights_dir=transformer_dir,

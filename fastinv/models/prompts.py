@@ -49,9 +49,22 @@ class PipelinePrompts:
 class PrecomputedPrompts:
     """Prompt embeddings read from a file written by `save_prompt_embeddings`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, text_dim: int | None = None, pooled_dim: int | None = None) -> None:
+        """text_dim / pooled_dim: the widths the transformer takes (joint_attention_dim,
+        pooled_projection_dim); every entry must have them."""
         self.path = path
         self.entries = load_prompt_embeddings(path)
+        for prompt, (embeds, pooled) in self.entries.items():
+            if text_dim is not None and embeds.shape[-1] != text_dim:
+                raise FastinvError(
+                    f"{path}: the embeddings of {prompt!r} are {embeds.shape[-1]} wide, "
+                    f"the model takes {text_dim}"
+                )
+            if pooled_dim is not None and pooled is not None and pooled.shape[-1] != pooled_dim:
+                raise FastinvError(
+                    f"{path}: the pooled embedding of {prompt!r} is {pooled.shape[-1]} wide, "
+                    f"the model takes {pooled_dim}"
+                )
 
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if prompt not in self.entries:
@@ -105,10 +118,28 @@ def load_prompt_embeddings(path: str | Path) -> dict[str, tuple[torch.Tensor, to
                     f"{path} is not a fastinv prompt-embeddings file (format {EMBEDDINGS_FORMAT})"
                 )
             names = set(f.keys())
+            prompts = json.loads(metadata["prompts"])
+            if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+                raise FastinvError(f"{path}: its prompts must be a list of strings, got {prompts!r}")
             entries = {}
-            for i, prompt in enumerate(json.loads(metadata["prompts"])):
+            for i, prompt in enumerate(prompts):
                 pooled = f.get_tensor(f"pooled_embeds.{i}") if f"pooled_embeds.{i}" in names else None
                 entries[prompt] = (f.get_tensor(f"prompt_embeds.{i}"), pooled)
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
         raise FastinvError(f"cannot read prompt embeddings {path}: {err}") from err
+    for prompt, (embeds, pooled) in entries.items():
+        _check_embedding(path, f"prompt_embeds of {prompt!r}", embeds, 3)
+        if pooled is not None:
+            _check_embedding(path, f"pooled_embeds of {prompt!r}", pooled, 2)
     return entries
+
+
+def _check_embedding(path: Path, what: str, tensor: torch.Tensor, ndim: int) -> None:
+    """One-line error unless `tensor` is a finite floating tensor of shape [1, …] with `ndim` axes ≥ 1."""
+    shape = "[1, L, D]" if ndim == 3 else "[1, P]"
+    if not tensor.is_floating_point() or tensor.ndim != ndim or tensor.shape[0] != 1 or 0 in tensor.shape:
+        raise FastinvError(
+            f"{path}: {what} must be a float tensor {shape}, got {tensor.dtype} {list(tensor.shape)}"
+        )
+    if not bool(torch.isfinite(tensor).all()):
+        raise FastinvError(f"{path}: {what} holds NaN or inf")
