@@ -675,6 +675,7 @@ def export(
 ) -> None:
     """Export the denoiser (and DeepInv solver) as ONNX graphs and, with --format trt, TensorRT engines."""
     import logging
+    import math
     import resource
     import time
 
@@ -690,6 +691,12 @@ def export(
     text_range = None if text is None else parse_range(text, "--text")
     if gpu_arch is not None and format_ != "trt":
         raise FastinvError("--gpu-arch is for --format trt")
+    if format_ != "trt" and (workspace is not None or opt_level != 3):
+        raise FastinvError("--workspace and --opt-level are for --format trt")
+    if workspace is not None and not (math.isfinite(workspace) and 0 < workspace <= 1024):
+        raise FastinvError(f"--workspace must be a number of GiB in (0, 1024], got {workspace}")
+    if not 0 <= opt_level <= 5:
+        raise FastinvError(f"--opt-level must be 0 … 5, got {opt_level}")
     if format_ == "trt":
         from fastinv.runtime.tensorrt import library
 
