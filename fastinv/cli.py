@@ -134,7 +134,12 @@ def _load_options(
     cuda_graphs: bool | None,
     kernels: str,
 ) -> dict[str, Any]:
-    """The keyword arguments of `fastinv.load` that the commands' model options give."""
+    """The keyword arguments of `fastinv.load` that the commands' model options give; a --solver folder's
+    config is checked here, before any model is loaded."""
+    if solver is not None:
+        from fastinv.solver.model import read_solver_config
+
+        read_solver_config(solver)
     return {
         "model_dir": model,
         "device": device,
@@ -148,6 +153,12 @@ def _load_options(
         "cuda_graphs": cuda_graphs,
         "kernels": kernels,
     }
+
+
+def _check_solver_method(solver: Path | None, method: str) -> None:
+    """--solver is read by deepinv only (auto picks deepinv when there is a solver): not ignored silently."""
+    if solver is not None and method not in ("deepinv", "auto"):
+        raise FastinvError(f"--solver is for --method deepinv (or auto), not {method}")
 
 
 def _check_offload(offload: str, device: str, backend: str) -> None:
@@ -230,6 +241,7 @@ def invert(
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     get_backend(backend).check_method(method)  # before loading
+    _check_solver_method(solver, method)
     _check_offload(offload, device, backend)
     _check_out(out)
     method_options = parse_options(method, set_ or [])
@@ -294,6 +306,8 @@ def _invert_here(
 
     with console.status(f"loading {load_options['model_dir'] or 'the shipped default model'}"):
         inverter = load(**load_options)
+        if inverter.resolve_method(job.method) == "deepinv" and "solver" not in job.options:
+            inverter.solver  # noqa: B018 - loaded now: one that cannot load fails the run, not each image
     for note in inverter.model.notes:
         console.print(f"[dim]{note}[/dim]")
     with progress_bar(console) as progress:
@@ -453,6 +467,7 @@ def edit(
     check_request(prompt=target_prompt, guidance=guidance, embedded_guidance=embedded_guidance)
     SourceControl.check(strength, stop, start)  # before loading
     get_backend(backend).check_method(method)
+    _check_solver_method(solver, method)
     _check_offload(offload, device, backend)
     _check_out(out)
     options = parse_options(method, set_ or [])

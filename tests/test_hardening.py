@@ -506,3 +506,43 @@ def test_non_finite_vae_output_is_reported_not_clamped(
     monkeypatch.setattr(codec.vae, "encode", lambda x: SimpleNamespace(latent_dist=posterior))
     with pytest.raises(FastinvError, match=rf"^the VAE encoded non-finite values \(NaN or inf\): {remedy}"):
         codec.encode(torch.zeros(1, 3, 16, 16))
+
+
+# --- 14. a --solver folder, checked before any work ---------------------------------------------------------
+
+
+def test_solver_folders_are_checked_before_any_model_loads(
+    tiny_sd3_dir: Path, tiny_solver_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A solver for another method, a config naming another class, or one too wide: one line, no model
+    loaded; a config relabelled from another solver class: one line naming the absent tensors."""
+    from test_solver import tiny_warm_solver
+
+    wide, relabelled = tmp_path / "wide", tmp_path / "relabelled"
+    shutil.copytree(tiny_solver_dir, wide)
+    config = json.loads((wide / "config.json").read_text()) | {
+        "num_attention_heads": 256,
+        "attention_head_dim": 64,
+    }
+    (wide / "config.json").write_text(json.dumps(config))
+    tiny_warm_solver().save_pretrained(relabelled)
+    config = json.loads((relabelled / "config.json").read_text()) | {"_class_name": "DeepInvSolver"}
+    (relabelled / "config.json").write_text(json.dumps(config))
+    base = ["invert", "--example", "--model", str(tiny_sd3_dir), "--steps", "2"]
+    with monkeypatch.context() as patch:
+        patch.setattr(fastinv.api, "load", lambda *a, **k: pytest.fail("loaded a model"))
+        for solver, method, message in (
+            (tiny_solver_dir, "euler", "--solver is for --method deepinv (or auto), not euler"),
+            (wide, "deepinv", "num_attention_heads × attention_head_dim must be ≤ 8192, got 16384"),
+            (tmp_path / "absent", "deepinv", f"solver folder not found: {tmp_path / 'absent'}"),
+        ):
+            code, _, err = cli(
+                [*base, "--method", method, "--solver", str(solver), "--out", str(tmp_path / "o")]
+            )
+            assert code == 2 and message in one_error_line(err), err
+    code, _, err = cli(
+        [*base, "--method", "deepinv", "--solver", str(relabelled), "--out", str(tmp_path / "o")]
+    )
+    line = one_error_line(err)
+    assert code == 2 and "weights do not fit the config:" in line and "tensors of a DeepInvSolver" in line
+    assert "images failed" not in line and not (tmp_path / "o" / "manifest.jsonl").exists()  # the run's error

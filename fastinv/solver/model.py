@@ -117,6 +117,8 @@ CONFIG_LIMITS: dict[str, tuple[int, int]] = {
     "sample_size": (1, 1 << 14),
 }
 """Allowed ranges of the integer fields of a solver config.json (an untrusted file)."""
+MAX_WIDTH = 8192
+"""Largest num_attention_heads × attention_head_dim of a solver (the SD3-medium paper design: 1536)."""
 
 
 def read_solver_config(path: str | Path) -> dict[str, Any]:
@@ -142,6 +144,11 @@ def read_solver_config(path: str | Path) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise FastinvError(f"{config_path}: {key} must be an integer in [{lo}, {hi}], got {value!r}")
+    width = config.get("num_attention_heads", 1) * config.get("attention_head_dim", 1)
+    if width > MAX_WIDTH:
+        raise FastinvError(
+            f"{config_path}: num_attention_heads × attention_head_dim must be ≤ {MAX_WIDTH}, got {width}"
+        )
     return config
 
 
@@ -161,6 +168,12 @@ def load_solver(
         network = network_class.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, TypeError) as err:
         raise FastinvError(f"cannot load the solver in {folder}: {load_failure_reason(err)}") from err
+    absent = [name for name, p in network.named_parameters() if p.is_meta]  # built on meta, never filled
+    if absent:
+        raise FastinvError(
+            f"cannot load the solver in {folder}: weights do not fit the config: {len(absent)} tensors of a "
+            f"{config['_class_name']} are not in the file (first: {absent[0]})"
+        )
     if any(p.dtype != dtype for p in network.parameters()):  # from_pretrained may leave float32 weights
         network = network.to(dtype=dtype)
     network = network.to(device=device).eval()
