@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_runner import cli
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from skimage import data
 from tiny_models import SD3_JOINT_DIM, SD3_LATENT_CHANNELS, SD3_POOLED_DIM
 
@@ -314,15 +315,12 @@ def test_torchrun_two_processes_gloo(
     assert fastinv.solver.load_solver(out / "solver").network.config.in_channels == SD3_LATENT_CHANNELS
 
 
-class NotATensor:
-    """Pickled into trainer.pt by the test below: weights_only loading must refuse to rebuild it."""
-
-
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
         ("random", "cannot resume from"),
-        ("pickle", "cannot resume from"),
+        ("metadata", "cannot resume from .*: trainer.safetensors: malformed optimiser metadata"),
+        ("foreign", "cannot resume from .*: loaded state dict"),
         ("recipe", "the run was started with another recipe \\(epochs 1 → 2\\)"),
         ("position", "cannot resume from"),
     ],
@@ -334,10 +332,13 @@ def test_resume_failures_are_one_line(
     shutil.copytree(whole_run, run)
     checkpoint = checkpoints.latest(run)
     recipe = RECIPE
+    trainer = checkpoint / checkpoints.TRAINER
     if damage == "random":
-        (checkpoint / "trainer.pt").write_bytes(os.urandom(256))
-    elif damage == "pickle":
-        torch.save({"optimizer": NotATensor(), "generator": None}, checkpoint / "trainer.pt")
+        trainer.write_bytes(os.urandom(256))
+    elif damage in ("metadata", "foreign"):  # param groups that are not objects; another optimiser's groups
+        groups = [1, 2] if damage == "metadata" else [{"params": [0]}]
+        tensors = load_file(trainer)
+        save_file(tensors, str(trainer), metadata={"param_groups": json.dumps(groups), "scalars": "{}"})
     elif damage == "recipe":
         recipe = RECIPE | {"epochs": 2}
     else:

@@ -1,9 +1,10 @@
 """Training checkpoints that are safe at every instant: numbered folders, each complete before it counts.
 
-OUT/checkpoints/000012/ holds solver/ (safetensors + config.json), trainer.pt (optimiser and generator
-state: tensors and plain containers only, read with weights_only=True), position.json, and last a file
-COMPLETE. A new checkpoint is written under a staging name, renamed to its number, and only then are older
-ones removed, so a kill at any point leaves the newest complete checkpoint in place; `latest` finds it.
+OUT/checkpoints/000012/ holds solver/ (safetensors + config.json), trainer.safetensors (optimiser and
+generator state: the tensors, with the optimiser's parameter groups and plain per-parameter values as JSON
+metadata; nothing is unpickled), position.json, and last a file COMPLETE. A new checkpoint is written
+under a staging name, renamed to its number, and only then are older ones removed, so a kill at any
+point leaves the newest complete checkpoint in place; `latest` finds it.
 Collected step data lives beside them (OUT/checkpoints/steps-rRR-KK.safetensors), written atomically.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fastinv.errors import FastinvError
@@ -24,6 +26,7 @@ from fastinv.solver.steps import Steps
 
 FOLDER = "checkpoints"
 COMPLETE = "COMPLETE"
+TRAINER = "trainer.safetensors"
 
 
 def latest(out: Path) -> Path | None:
@@ -50,8 +53,7 @@ def save(
     with publish_folder(folder) as staging:
         (staging / "recipe.json").write_text(json.dumps(recipe, sort_keys=True) + "\n")
         network.save_pretrained(staging / "solver")
-        state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-        torch.save(state, staging / "trainer.pt")
+        save_trainer_state(staging / TRAINER, optimizer, generator)
         (staging / "position.json").write_text(json.dumps(asdict(position)) + "\n")
         (staging / COMPLETE).write_text("")
     for older in (out / FOLDER).iterdir():
@@ -69,7 +71,7 @@ def load(
 ) -> dict[str, Any]:
     """Restore network, optimizer and generator from checkpoint `folder` of a run of `recipe`; returns its
     position dict. One-line errors for a checkpoint of another recipe and for damaged or foreign files
-    (trainer.pt is read with weights_only=True: a pickle of anything but tensors is refused)."""
+    (trainer.safetensors: tensors and JSON only)."""
     try:
         theirs = json.loads((folder / "recipe.json").read_text())
         mine = json.loads(json.dumps(recipe, sort_keys=True))
@@ -81,18 +83,56 @@ def load(
             )
         weights = load_file(folder / "solver" / "diffusion_pytorch_model.safetensors")
         network.load_state_dict(weights)
-        state = torch.load(folder / "trainer.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        load_trainer_state(folder / TRAINER, optimizer, generator)
         position = json.loads((folder / "position.json").read_text())
         if not isinstance(position, dict):
             raise ValueError("position.json is not an object")
         return position
     except FastinvError:
         raise
-    except Exception as err:  # OSError, a damaged safetensors, an unpickling refusal, a foreign state
+    except Exception as err:  # OSError, a damaged safetensors, malformed metadata, a foreign state
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FastinvError(f"cannot resume from {folder}: {first}") from err
+
+
+def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+    """The optimiser's and generator's state as one safetensors file: "generator" (its uint8 state),
+    "state.<param>.<key>" per tensor of the optimiser's state; metadata "param_groups" and "scalars"
+    (<param>.<key> → a plain value, e.g. a step count kept as a number) as JSON."""
+    saved = optimizer.state_dict()
+    tensors, scalars = {"generator": generator.get_state()}, {}
+    for param, entries in saved["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{param}.{key}"] = value
+    metadata = {"param_groups": json.dumps(saved["param_groups"]), "scalars": json.dumps(scalars)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+    """Inverse of `save_trainer_state`; ValueError for a file it did not write (`load` words the error)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - a safe_open handle, no dict
+    groups, scalars = json.loads(metadata["param_groups"]), json.loads(metadata["scalars"])
+    if (
+        not isinstance(groups, list)
+        or not all(isinstance(g, dict) for g in groups)
+        or not isinstance(scalars, dict)
+    ):
+        raise ValueError("trainer.safetensors: malformed optimiser metadata")
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("state."):
+            param, key = name.removeprefix("state.").split(".", 1)
+            state.setdefault(int(param), {})[key] = tensor
+    for name, value in scalars.items():
+        param, key = name.split(".", 1)
+        state.setdefault(int(param), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    generator.set_state(tensors["generator"])
 
 
 def steps_path(out: Path, round_: int, part: int) -> Path:
