@@ -444,7 +444,10 @@ def summary(args: argparse.Namespace) -> int:
     if total is not None:
         lines += ["", f"Total: {total} s (this run of the script)."]
     text = "\n".join(lines) + "\n"
-    (folder / "summary.md").write_text(text)
+    from fastinv.files import atomic_write
+
+    with atomic_write(folder / "summary.md") as tmp:
+        tmp.write_text(text)
     print(text)
     return 0
 

@@ -579,9 +579,15 @@ def _stage_hook(progress: Progress, stem: str, steps: int) -> tuple[Callable[[st
 
 
 def _check_out(out: Path) -> None:
-    """One-line error, before any work, when --out cannot be a folder."""
-    if out.exists() and not out.is_dir():
+    """One-line error, before any work, when --out cannot be a folder: it, or the nearest part of its path
+    that exists, is a file, or that folder is not writable."""
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if existing == out and not out.is_dir():
         raise FastinvError(f"--out {out} is a file, not a folder")
+    if not existing.is_dir():
+        raise FastinvError(f"--out {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FastinvError(f"--out {out}: {existing} is not writable")
 
 
 @app.command()

@@ -425,6 +425,8 @@ def test_outputs_onto_a_file(tmp_path: Path) -> None:
     for command in (["invert", "--example"], ["export"], ["train"], ["bench"]):
         code, _, err = cli([*command, "--out", str(target)])
         assert code == 2 and "is a file, not a folder" in one_error_line(err), command
+        code, _, err = cli([*command, "--out", str(target / "sub")])  # under a file: also before any work
+        assert code == 2 and one_error_line(err) == f"error: --out {target / 'sub'}: {target} is a file"
 
 
 # --- 10. decompression bombs --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fastinv.bench.plan import BenchPlan
 from fastinv.bench.run import BenchResult
 from fastinv.bench.summary import SPREAD, Row, aggregate, summarize
 from fastinv.display import fmt as _fmt
-from fastinv.files import atomic_write, save_json
+from fastinv.files import Writer, atomic_write, json_writer, publish_files
 from fastinv.runtime.backends import BACKENDS
 
 FIDELITY_NOTE = (
@@ -273,22 +273,27 @@ def _log_scale(axis: Axis, values: list[float]) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-def plot(
+def plot(aggregates: list[Row], x: str, y: str, path: Path, **options: Any) -> Path:
+    """`plot_png(aggregates, x, y, **options)` written to `path` atomically; returns `path`."""
+    with atomic_write(path) as tmp:
+        plot_png(aggregates, x, y, **options)(tmp)
+    return path
+
+
+def plot_png(
     aggregates: list[Row],
     x: str,
     y: str,
-    path: Path,
     *,
     xlabel: str,
     ylabel: str,
     logx: bool = False,
     logy: bool = False,
     front: list[tuple[float, float]] | None = None,
-) -> Path:
-    """A PNG of aggregate key `y` against key `x`: one line per method × backend through its step counts
-    (colour: method, marker: backend), each point labelled with its steps; missing or infinite values left
-    out; `front` (x, y) points ringed and joined as a dashed staircase (the Pareto front). Saved
-    atomically."""
+) -> Writer:
+    """The writer of a PNG of aggregate key `y` against key `x`: one line per method × backend through its
+    step counts (colour: method, marker: backend), each point labelled with its steps; missing or infinite
+    values left out; `front` (x, y) points ringed and joined as a dashed staircase (the Pareto front)."""
     fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
     methods = list(dict.fromkeys(row["method"] for row in aggregates))
@@ -332,66 +337,49 @@ def plot(
     ax.add_artist(ax.legend(handles=method_keys, title="method", loc="upper left", fontsize=8))
     ax.legend(handles=backend_keys, title="backend", loc="lower right", fontsize=8)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    return path
+    return lambda tmp: fig.savefig(tmp, dpi=120, format="png")
 
 
 def write_report(record: dict[str, Any], out: Path) -> list[Path]:
     """bench.json, bench.md and the plots (fidelity_vs_time.png, fidelity_vs_steps.png and
     fidelity_vs_cost.png with the torch backend's Pareto front; for a timing-only run time_vs_steps.png
-    instead) in `out`, each written atomically; their paths."""
-    paths = [save_json(record, out / "bench.json")]
-    with atomic_write(out / "bench.md") as tmp:
-        tmp.write_text(markdown(record), encoding="utf-8")
-    paths.append(out / "bench.md")
+    instead) in `out`, published as one set (files.publish_files; bench.json last); their paths."""
     aggregates = record["aggregates"]
+    files: dict[Path, Writer] = {
+        out / "bench.md": lambda tmp: tmp.write_text(markdown(record), encoding="utf-8")
+    }
     if record["config"]["timing_only"]:
-        paths.append(
-            plot(
-                aggregates,
-                "steps",
-                "seconds_median",
-                out / "time_vs_steps.png",
-                xlabel="steps",
-                ylabel="median s/image (inversion)",
-                logy=True,
-            )
+        files[out / "time_vs_steps.png"] = plot_png(
+            aggregates,
+            "steps",
+            "seconds_median",
+            xlabel="steps",
+            ylabel="median s/image (inversion)",
+            logy=True,
         )
     else:
-        paths.append(
-            plot(
-                aggregates,
-                "seconds_median",
-                "psnr",
-                out / "fidelity_vs_time.png",
-                xlabel="median s/image (inversion)",
-                ylabel="reconstruction PSNR dB",
-                logx=True,
-            )
+        files[out / "fidelity_vs_time.png"] = plot_png(
+            aggregates,
+            "seconds_median",
+            "psnr",
+            xlabel="median s/image (inversion)",
+            ylabel="reconstruction PSNR dB",
+            logx=True,
         )
-        paths.append(
-            plot(
-                aggregates,
-                "steps",
-                "psnr",
-                out / "fidelity_vs_steps.png",
-                xlabel="steps",
-                ylabel="reconstruction PSNR dB",
-            )
+        files[out / "fidelity_vs_steps.png"] = plot_png(
+            aggregates, "steps", "psnr", xlabel="steps", ylabel="reconstruction PSNR dB"
         )
         backend = next(iter(record["summary"]), None)
         front = [(r["cost"], r["psnr"]) for r in record["summary"].get(backend, {}).get("pareto", [])]
-        paths.append(
-            plot(
-                [row for row in aggregates if row["backend"] == backend],
-                "cost",
-                "psnr",
-                out / "fidelity_vs_cost.png",
-                xlabel="denoiser-equivalent cost (NFE + solver calls × FLOP ratio)",
-                ylabel="reconstruction PSNR dB",
-                logx=True,
-                front=front,
-            )
+        files[out / "fidelity_vs_cost.png"] = plot_png(
+            [row for row in aggregates if row["backend"] == backend],
+            "cost",
+            "psnr",
+            xlabel="denoiser-equivalent cost (NFE + solver calls × FLOP ratio)",
+            ylabel="reconstruction PSNR dB",
+            logx=True,
+            front=front,
         )
-    return paths
+    files[out / "bench.json"] = json_writer(record)
+    written = publish_files(files)
+    return [written[-1], *written[:-1]]  # listed with bench.json first

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fastinv.conditioning import Conditioning
 from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
-from fastinv.files import publish_folder, save_json
+from fastinv.files import json_writer, publish_files, publish_folder
 from fastinv.models.base import FlowModel
 from fastinv.solver import checkpoints
 from fastinv.solver.data import encode, fixed_crops, source_images
@@ -49,7 +49,7 @@ from fastinv.solver.model import TorchSolver, check_solver_fits
 from fastinv.solver.presets import preset
 from fastinv.solver.recipe import SolverTrainConfig
 from fastinv.solver.steps import Steps, collect_steps
-from fastinv.solver.training_log import plot_loss, read_log, target_report, write_log
+from fastinv.solver.training_log import loss_png, read_log, target_report, write_log
 
 
 @dataclass
@@ -307,11 +307,13 @@ class SolverTrainer:
         if self.rank == 0:
             with publish_folder(self.out / "solver") as staging:
                 self.solver.save_pretrained(staging)
-            save_json(asdict(config), self.out / "train_config.json")
-            save_json(self._target_summary(), self.out / "targets.json")
-            save_json(summary, self.out / "log.json")
-            if self.rows:
-                plot_loss(self.rows, self.out / "loss.png")
+            reports = {
+                self.out / "train_config.json": json_writer(asdict(config)),
+                self.out / "targets.json": json_writer(self._target_summary()),
+                **({self.out / "loss.png": loss_png(self.rows)} if self.rows else {}),
+                self.out / "log.json": json_writer(summary),  # last: the run's reports are complete
+            }
+            publish_files(reports)
         if self.world > 1:
             dist.barrier()
         return summary

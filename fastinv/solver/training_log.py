@@ -7,18 +7,16 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from fastinv.files import atomic_write, save_csv
+from fastinv.files import Writer, save_csv
 from fastinv.solver.steps import Steps
 
 
-def plot_loss(rows: list[dict[str, Any]], path: Path) -> None:
-    """Loss vs optimiser step, one colour per round, log scale."""
-    import matplotlib
+def loss_png(rows: list[dict[str, Any]]) -> Writer:
+    """The writer of a PNG of loss vs optimiser step, one colour per round, log scale."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     for round_ in sorted({r["round"] for r in rows}):
         picked = [r for r in rows if r["round"] == round_]
         ax.plot([r["step"] for r in picked], [r["loss"] for r in picked], lw=1, label=f"round {round_}")
@@ -28,9 +26,7 @@ def plot_loss(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return lambda tmp: fig.savefig(tmp, dpi=120, format="png")
 
 
 LOG_COLUMNS = ("step", "round", "epoch", "loss", "seconds")
