@@ -353,6 +353,9 @@ def test_an_edit(running: Running, photos: dict[str, bytes], inverter: fastinv.I
     )
     assert (record["nfe_inversion"], record["nfe_edit"]) == (STEPS, want.edit.edited.nfe)
     assert set(record["metrics"]) == {"reconstruction", "edit"}
+    for stage in ("reconstruction", "edit"):  # the service's scores are the in-process edit's
+        for name in ("psnr", "ssim"):
+            assert record["metrics"][stage][name] == pytest.approx(want.metrics[stage][name], abs=1e-4)
     image = png_pixels(answer["edit_png"])
     assert np.abs(image - np.asarray(want.edit.edited.image, dtype=int)).max() <= 1
 
