@@ -685,7 +685,9 @@ def export(
     workspace: Annotated[
         float | None, typer.Option(help="trt: builder workspace limit in GiB (default: TensorRT's).")
     ] = None,
-    opt_level: Annotated[int, typer.Option(help="trt: builder optimisation level, 0 (fast build) … 5.")] = 3,
+    opt_level: Annotated[
+        int | None, typer.Option(help="trt: builder optimisation level, 0 (fast build) … 5 (default 3).")
+    ] = None,
     gpu_arch: Annotated[
         str | None,
         typer.Option(
@@ -712,10 +714,11 @@ def export(
     text_range = None if text is None else parse_range(text, "--text")
     if gpu_arch is not None and format_ != "trt":
         raise FastinvError("--gpu-arch is for --format trt")
-    if format_ != "trt" and (workspace is not None or opt_level != 3):
+    if format_ != "trt" and (workspace is not None or opt_level is not None):
         raise FastinvError("--workspace and --opt-level are for --format trt")
     if workspace is not None and not (math.isfinite(workspace) and 0 < workspace <= 1024):
         raise FastinvError(f"--workspace must be a number of GiB in (0, 1024], got {workspace}")
+    opt_level = 3 if opt_level is None else opt_level
     if not 0 <= opt_level <= 5:
         raise FastinvError(f"--opt-level must be 0 … 5, got {opt_level}")
     if format_ == "trt":

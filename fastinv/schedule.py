@@ -28,8 +28,8 @@ FLUX_SCHEDULER_DEFAULTS: dict[str, Any] = {
 
 
 ROUNDING = 1e-6
-"""How far above 1 a σ may be: diffusers computes schedules in float32, so σ_0 can exceed 1 by a rounding
-error (kept as computed, so that fastinv's schedules are the pipelines')."""
+"""How far above 1 a σ may be: diffusers computes schedules in float32, where σ_0 may round above 1 (kept
+as computed, so that fastinv's schedules are the pipelines')."""
 
 
 def flow_sigmas(

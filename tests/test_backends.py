@@ -67,7 +67,9 @@ def test_api_refuses_preciseinv_on_ort_before_any_work(tiny_sd3_dir: Path, tmp_p
         ("inputs", {"latents": [{"name": "batch", "min": 4, "max": 2}, 4]}, "input latents's axes"),
         ("inputs", {"latents": [0, 4]}, "input latents's axes"),
         ("inputs", {"noise": [1, 4]}, "output_like 'latents' is not an input"),
+        ("inputs", {"latents": [{"name": "batch", "min": None, "max": 4}, 4]}, "input latents's axes"),
         ("precision", "fp8", "precision 'fp8'"),
+        ("family", "sdxl", "family 'sdxl'"),
         ("example", {"batch": -1}, "example sizes"),
     ],
 )

@@ -321,6 +321,7 @@ def test_torchrun_two_processes_gloo(
         ("random", "cannot resume from"),
         ("metadata", "cannot resume from .*: trainer.safetensors: malformed optimiser metadata"),
         ("foreign", "cannot resume from .*: loaded state dict"),
+        ("older", "an older fastinv wrote it \\(trainer.pt, a pickle, is no longer read\\)"),
         ("recipe", "the run was started with another recipe \\(epochs 1 → 2\\)"),
         ("position", "cannot resume from"),
     ],
@@ -335,6 +336,8 @@ def test_resume_failures_are_one_line(
     trainer = checkpoint / checkpoints.TRAINER
     if damage == "random":
         trainer.write_bytes(os.urandom(256))
+    elif damage == "older":  # what checkpoints held before trainer.safetensors
+        trainer.rename(checkpoint / "trainer.pt")
     elif damage in ("metadata", "foreign"):  # param groups that are not objects; another optimiser's groups
         groups = [1, 2] if damage == "metadata" else [{"params": [0]}]
         tensors = load_file(trainer)

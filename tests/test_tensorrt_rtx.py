@@ -155,7 +155,7 @@ def test_unsupported_graphs_and_options_fail_in_one_line(tmp_path: Path) -> None
         (["--gpu-arch", "ada"], "error: --gpu-arch 'ada': give a compute capability such as sm_89"),
         (["--gpu-arch", "sm_89", "--format", "onnx"], "error: --gpu-arch is for --format trt"),
         (["--workspace", "2", "--format", "onnx"], "error: --workspace and --opt-level are for --format trt"),
-        (["--opt-level", "1", "--format", "onnx"], "error: --workspace and --opt-level are for --format trt"),
+        (["--opt-level", "3", "--format", "onnx"], "error: --workspace and --opt-level are for --format trt"),
         (["--workspace", "-1"], "error: --workspace must be a number of GiB in (0, 1024], got -1.0"),
         (["--workspace", "nan"], "error: --workspace must be a number of GiB in (0, 1024], got nan"),
         (["--opt-level", "99"], "error: --opt-level must be 0 … 5, got 99"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fastinv.errors import FastinvError
 
@@ -52,7 +52,7 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
 
 
-def _refuse(source: Path | str, key: str, allowed: str, value: Any) -> None:
+def _refuse(source: Path | str, key: str, allowed: str, value: Any) -> NoReturn:
     raise FastinvError(f"{source}: {key} must be {allowed}, got {value!r}")
 
 
@@ -70,7 +70,7 @@ def check_transformer_config(config: dict[str, Any], source: Path) -> None:
         _refuse(source, "guidance_embeds", "true or false", config["guidance_embeds"])
     if config.get("qk_norm") not in (None, "rms_norm", "layer_norm"):
         _refuse(source, "qk_norm", 'null, "rms_norm" or "layer_norm"', config["qk_norm"])
-    layers = config.get("num_layers", 1)
+    layers = config.get("num_layers", _INT["num_layers"][1])  # absent: diffusers' default, within the bound
     dual = config.get("dual_attention_layers", [])
     if not isinstance(dual, list | tuple) or not all(_is_int(i) and 0 <= i < layers for i in dual):
         _refuse(source, "dual_attention_layers", f"a list of block indices below {layers}", dual)

@@ -60,7 +60,8 @@ def _prompt_encoder(
 ) -> PromptEncoder:
     """Precomputed embeddings when given, else the pipeline's own text encoders (MissingPrompts without)."""
     if embeddings is not None:
-        return PrecomputedPrompts(embeddings)
+        config = pipeline.transformer.config
+        return PrecomputedPrompts(embeddings, config.joint_attention_dim, config.pooled_projection_dim)
     needed = (*REQUIRED_TEXT[family], "tokenizer", "tokenizer_2")
     if any(getattr(pipeline, part, None) is None for part in needed):
         return MissingPrompts(Path(name))

@@ -47,8 +47,9 @@ def _valid_dim(dim: Any) -> bool:
     """A static size ≥ 1, or an Axis with a text name and integer bounds 1 <= min <= max, multiple ≥ 1."""
     if not isinstance(dim, Axis):
         return _positive(dim)
-    top_ok = dim.max is None or (_positive(dim.max) and dim.max >= dim.min)
-    return isinstance(dim.name, str) and _positive(dim.min) and _positive(dim.multiple) and top_ok
+    if not (isinstance(dim.name, str) and _positive(dim.min) and _positive(dim.multiple)):
+        return False
+    return dim.max is None or (_positive(dim.max) and dim.max >= dim.min)
 
 
 Dims = list[int | Axis]
@@ -129,11 +130,11 @@ class GraphSpec:
 
     def _problem(self) -> str | None:
         """What is out of range in a spec read from a file (untrusted), or None."""
-        texts = (self.kind, self.family, self.precision, self.output, self.source, self.version, self.weights)
-        if not all(isinstance(text, str) for text in texts):
-            return "a field that should be text is not"
+        families = ("sd3", "flux", "deepinv", "deepinv-warm")
         if self.kind not in ("velocity", "solver") or self.precision not in ("fp32", "bf16", "fp16"):
             return f"kind {self.kind!r}, precision {self.precision!r}"
+        if self.family not in families:
+            return f"family {self.family!r}"
         if not isinstance(self.config, dict) or not isinstance(self.example, dict):
             return "config and example must be objects"
         if not all(_positive(size) for size in self.example.values()):
@@ -141,7 +142,7 @@ class GraphSpec:
         if not self.inputs or self.output_like not in self.inputs:
             return f"output_like {self.output_like!r} is not an input"
         for name, dims in self.inputs.items():
-            if not isinstance(dims, list) or not all(_valid_dim(dim) for dim in dims):
+            if not all(_valid_dim(dim) for dim in dims):
                 return f"input {name}'s axes {dims}"
         return None
 

@@ -81,6 +81,11 @@ def load(
             raise FastinvError(
                 f"cannot resume from {folder}: the run was started with another recipe ({detail})"
             )
+        if (folder / "trainer.pt").is_file() and not (folder / TRAINER).is_file():
+            raise FastinvError(
+                f"cannot resume from {folder}: an older fastinv wrote it (trainer.pt, a pickle, is no longer "
+                "read): train again without --resume"
+            )
         weights = load_file(folder / "solver" / "diffusion_pytorch_model.safetensors")
         network.load_state_dict(weights)
         load_trainer_state(folder / TRAINER, optimizer, generator)
