@@ -309,7 +309,7 @@ def _invert_here(
         if inverter.resolve_method(job.method) == "deepinv" and "solver" not in job.options:
             inverter.solver  # noqa: B018 - loaded now: one that cannot load fails the run, not each image
     for note in inverter.model.notes:
-        console.print(f"[dim]{note}[/dim]")
+        console.print(note, style="dim", markup=False, soft_wrap=True)  # paths unbroken, brackets as text
     with progress_bar(console) as progress:
         overall = progress.add_task("images", total=len(pending))
         for batch in batches(pending, batch_size):
@@ -480,7 +480,7 @@ def edit(
     picture = inverter.prepare_image(image)
     local = None if mask is None else inverter.prepare_mask(mask, picture, mask_feather)  # before any work
     for note in [*inverter.model.notes, *picture.notes, *([] if local is None else local.notes)]:
-        console.print(f"[dim]{note}[/dim]")
+        console.print(note, style="dim", markup=False, soft_wrap=True)  # paths unbroken, brackets as text
     job = InversionJob(source_prompt, method, steps, inversion_guidance, inversion_embedded_guidance, options)
     target = EditJob(target_prompt, guidance, strength, stop, start, embedded_guidance, local, mask_feather)
     with progress_bar(console) as progress:
@@ -547,7 +547,7 @@ def reconstruct(
     with console.status(f"loading {model_dir}"):
         inverter = load(**load_options)
     for note in inverter.model.notes:
-        console.print(f"[dim]{note}[/dim]")
+        console.print(note, style="dim", markup=False, soft_wrap=True)  # paths unbroken, brackets as text
     steps = len(saved.sigmas) - 1
     with progress_bar(console) as progress:
         hook, _ = _stage_hook(progress, saved.stem, steps)

@@ -197,7 +197,8 @@ def test_a_run_records_its_peak_memory(tmp_path: Path) -> None:
     record = json.loads(metrics_file.read_text())
     peaks = record["peak_memory_mib"]
     assert set(peaks) == {"inversion", "reconstruction"}
-    assert all(50 < mib <= process_peak_rss_mib() for mib in peaks.values())  # sampled, so ≤ the kernel's
+    # sampled, so at most the kernel's peak, give or take its per-CPU RSS counters (read at other times)
+    assert all(50 < mib <= process_peak_rss_mib() + 64 for mib in peaks.values())
     assert "RSS" in record["peak_memory"]
     (line,) = (tmp_path / "manifest.jsonl").read_text().splitlines()
     assert json.loads(line)["peak_memory_mib"] == max(peaks.values())
