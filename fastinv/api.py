@@ -113,6 +113,11 @@ class Inverter:
         warm_fixed_point."""
         return auto_method(self.has_solver) if method == AUTO else method
 
+    def prepare(self, method: str = AUTO, **options: Any) -> None:
+        """Check `method`'s options and load what it needs (deepinv: its solver, the folder's or a `solver`
+        option's) now, so that a run over many images fails once, up front, rather than on each."""
+        self._method_options(self.resolve_method(method), options)
+
     def _load_solver(self, folder: str | Path | None) -> TorchSolver | GraphSolver:
         """The solver of `folder` on this inverter's backend: its exported graph in export_dir if there is
         one, else the torch solver; checked against the model."""

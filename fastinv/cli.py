@@ -306,8 +306,7 @@ def _invert_here(
 
     with console.status(f"loading {load_options['model_dir'] or 'the shipped default model'}"):
         inverter = load(**load_options)
-        if inverter.resolve_method(job.method) == "deepinv" and "solver" not in job.options:
-            inverter.solver  # noqa: B018 - loaded now: one that cannot load fails the run, not each image
+        inverter.prepare(job.method, **job.options)  # a solver that cannot load fails the run, not each image
     for note in inverter.model.notes:
         console.print(note, style="dim", markup=False, soft_wrap=True)  # paths unbroken, brackets as text
     with progress_bar(console) as progress:

@@ -542,9 +542,8 @@ def test_solver_folders_are_checked_before_any_model_loads(
                 [*base, "--method", method, "--solver", str(solver), "--out", str(tmp_path / "o")]
             )
             assert code == 2 and message in one_error_line(err), err
-    code, _, err = cli(
-        [*base, "--method", "deepinv", "--solver", str(relabelled), "--out", str(tmp_path / "o")]
-    )
-    line = one_error_line(err)
-    assert code == 2 and "weights do not fit the config:" in line and "tensors of a DeepInvSolver" in line
-    assert "images failed" not in line and not (tmp_path / "o" / "manifest.jsonl").exists()  # the run's error
+    for given in (["--solver", str(relabelled)], ["--set", f"solver={relabelled}"]):
+        code, _, err = cli([*base, "--method", "deepinv", *given, "--out", str(tmp_path / "o")])
+        line = one_error_line(err)
+        assert code == 2 and "weights do not fit the config:" in line and "tensors of a DeepInvSolver" in line
+        assert "images failed" not in line and not (tmp_path / "o" / "manifest.jsonl").exists()
