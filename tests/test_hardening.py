@@ -535,7 +535,7 @@ def test_solver_folders_are_checked_before_any_model_loads(
         patch.setattr(fastinv.api, "load", lambda *a, **k: pytest.fail("loaded a model"))
         for solver, method, message in (
             (tiny_solver_dir, "euler", "--solver is for --method deepinv (or auto), not euler"),
-            (wide, "deepinv", "num_attention_heads × attention_head_dim must be ≤ 8192, got 16384"),
+            (wide, "deepinv", "num_attention_heads × attention_head_dim must be at most 8192, got 16384"),
             (tmp_path / "absent", "deepinv", f"solver folder not found: {tmp_path / 'absent'}"),
         ):
             code, _, err = cli(

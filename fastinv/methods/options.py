@@ -7,12 +7,12 @@ calls it. The method functions keep only the checks their maths needs when calle
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastinv.errors import FastinvError
+from fastinv.request_checks import is_finite_number, is_int
 
 
 @dataclass(frozen=True)
@@ -46,20 +46,16 @@ class Rule:
             return (
                 isinstance(value, list | tuple)
                 and len(value) == 2
-                and all(_number(v) for v in value)
+                and all(is_finite_number(v) for v in value)
                 and 0 <= value[0] < value[1] <= 1
             )
-        if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        if self.kind == "int" and not is_int(value):
             return False
-        if not _number(value):
+        if not is_finite_number(value):
             return False
         if self.lo is not None and (value <= self.lo if self.open_lo else value < self.lo):
             return False
         return self.hi is None or (value < self.hi if self.open_hi else value <= self.hi)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 RULES: dict[str, dict[str, Rule]] = {

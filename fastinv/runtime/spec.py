@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastinv.errors import FastinvError
+from fastinv.request_checks import is_int
 
 PREFIX = "fastinv."
 
@@ -40,7 +41,7 @@ class Axis:
 
 
 def _positive(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def _valid_dim(dim: Any) -> bool:

@@ -16,6 +16,7 @@ import torch
 
 from fastinv.conditioning import Conditioning
 from fastinv.errors import FastinvError
+from fastinv.models.config_checks import check_integers, check_width
 from fastinv.models.loading import load_failure_reason
 from fastinv.solver.network import DeepInvSolver
 from fastinv.solver.warm_start import WarmStartSolver
@@ -136,19 +137,8 @@ def read_solver_config(path: str | Path) -> dict[str, Any]:
         name = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
         known = ", ".join(SOLVER_CLASSES)
         raise FastinvError(f"{config_path} is not a DeepInv solver (class {name!r}; known: {known})")
-    for key, (lo, hi) in CONFIG_LIMITS.items():
-        value = config.get(key)
-        if value is None and key == "pooled_dim":
-            continue
-        if key not in config:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise FastinvError(f"{config_path}: {key} must be an integer in [{lo}, {hi}], got {value!r}")
-    width = config.get("num_attention_heads", 1) * config.get("attention_head_dim", 1)
-    if width > MAX_WIDTH:
-        raise FastinvError(
-            f"{config_path}: num_attention_heads × attention_head_dim must be ≤ {MAX_WIDTH}, got {width}"
-        )
+    check_integers(config, CONFIG_LIMITS, config_path, nullable="pooled_dim")
+    check_width(config, MAX_WIDTH, config_path)
     return config
 
 
