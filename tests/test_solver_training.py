@@ -366,3 +366,24 @@ def test_an_existing_solver_is_replaced_only_with_force(
     assert code == 0, err
     assert "notes.txt" not in {f.name for f in (out / "solver").iterdir()}  # replaced whole, not mixed
     assert _weights(out / "solver")["proj_out.weight"].abs().sum() > 0
+
+
+def test_trainer_state_round_trips_with_its_types(tmp_path: Path) -> None:
+    """The optimiser's groups come back equal, types included (AdamW's betas stay a tuple: JSON has none),
+    and so do its state tensors and the generator's state."""
+    network = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, betas=(0.8, 0.95))
+    network(torch.randn(4, 3)).square().sum().backward()
+    optimizer.step()
+    generator = torch.Generator().manual_seed(7)
+    checkpoints.save_trainer_state(tmp_path / checkpoints.TRAINER, optimizer, generator)
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)
+    other = torch.Generator().manual_seed(8)
+    checkpoints.load_trainer_state(tmp_path / checkpoints.TRAINER, fresh, other)
+    theirs, mine = optimizer.state_dict(), fresh.state_dict()
+    assert mine["param_groups"] == theirs["param_groups"]
+    assert type(fresh.param_groups[0]["betas"]) is tuple
+    for param, entries in theirs["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(torch.as_tensor(mine["state"][param][key]), torch.as_tensor(value)), key
+    assert torch.equal(other.get_state(), generator.get_state())

@@ -128,6 +128,11 @@ def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, generator: 
         or not isinstance(scalars, dict)
     ):
         raise ValueError("trainer.safetensors: malformed optimiser metadata")
+    # JSON has no tuples: a value that is one in the optimiser's own groups (AdamW's betas) is one again
+    if len(groups) == len(optimizer.param_groups):  # (other counts: load_state_dict refuses them)
+        for group, own in zip(groups, optimizer.param_groups, strict=True):
+            tuples = {k: tuple(v) for k, v in group.items() if isinstance(v, list) and k != "params"}
+            group.update({k: v for k, v in tuples.items() if isinstance(own.get(k), tuple)})
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name.startswith("state."):
