@@ -334,9 +334,9 @@ def _invert_on_ray(
 ) -> str:
     """Invert `pending` on Ray Data (`fastinv.ray_data`), in the plain run's batches; returns the title."""
     from fastinv.folders import Settings, batches
-    from fastinv.ray_data import LOCAL, check_paths, invert_batches, session
+    from fastinv.ray_data import LOCAL, check_load_options, invert_batches, session
 
-    check_paths(load_options)
+    check_load_options(load_options)
     console.print(
         f"[dim]{'starting a local Ray' if address == LOCAL else f'connecting to Ray at {address}'}[/dim]"
     )
@@ -897,21 +897,20 @@ def serve(
     """Serve inversion and editing over HTTP on Ray Serve, batching concurrent requests (README: Service);
     runs until SIGINT / SIGTERM, then shuts down what it started."""
     import logging
-    import math
     import time
 
-    from fastinv.ray_data import LOCAL, check_installed, check_paths, session
+    from fastinv.ray_data import LOCAL, check_installed, check_load_options, session
 
     if not 1 <= port <= 65535:
         raise FastinvError(f"--port must be in [1, 65535], got {port}")
     if replicas is not None and replicas < 1:
         raise FastinvError(f"--replicas must be at least 1, got {replicas}")
-    if max_batch_size < 1:
-        raise FastinvError(f"--max-batch-size must be at least 1, got {max_batch_size}")
-    if not math.isfinite(batch_wait_ms) or batch_wait_ms < 0:
-        raise FastinvError(f"--batch-wait-ms must be a finite number >= 0, got {batch_wait_ms}")
-    if not math.isfinite(request_timeout) or request_timeout <= 0:
-        raise FastinvError(f"--request-timeout must be a finite number > 0, got {request_timeout}")
+    if not 1 <= max_batch_size <= 1024:
+        raise FastinvError(f"--max-batch-size must be in [1, 1024], got {max_batch_size}")
+    if not 0 <= batch_wait_ms <= 60_000:  # (False for NaN)
+        raise FastinvError(f"--batch-wait-ms must be in [0, 60000], got {batch_wait_ms}")
+    if not 0 < request_timeout <= 86_400:
+        raise FastinvError(f"--request-timeout must be in (0, 86400] seconds, got {request_timeout}")
     if not address.strip():
         raise FastinvError("--address needs 'local' or the address of a Ray cluster")
     get_backend(backend)
@@ -922,7 +921,7 @@ def serve(
     for name in ("model_dir", "embeddings", "solver", "export_dir"):  # the replicas' working folder differs
         if load_options[name] is not None:
             load_options[name] = str(load_options[name].resolve())
-    check_paths(load_options)
+    check_load_options(load_options)
     if address == LOCAL:
         _check_port(host, port)
     from fastinv.serve import deploy, undeploy

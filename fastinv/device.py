@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from fastinv.errors import FastinvError
+from fastinv.request_checks import DTYPE_NAMES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

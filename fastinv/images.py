@@ -132,6 +132,13 @@ def load_image(
             raw = _center_crop(raw, cw, ch)
             notes.append(f"center-cropped {w}×{h} → {cw}×{ch} to a multiple of {multiple}")
 
+    if size is not None:  # a thin image covers the size only scaled up along its long side too
+        nw, nh = _cover_size(w, h, size)
+        if nw * nh > max_pixels():
+            raise one_line(
+                f"image {name} is {w}×{h} px: covering {size[0]}×{size[1]} would scale it to {nw}×{nh} px, "
+                f"over the limit of {max_pixels() / 1e6:g} megapixels (FASTINV_MAX_PIXELS raises it)"
+            )
     rgb = _to_rgb_float(raw, name)
     if size is not None:
         rgb = _resize_cover(rgb, size, notes)
@@ -277,14 +284,19 @@ def _center_crop(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     return arr[top : top + h, left : left + w]
 
 
+def _cover_size(w: int, h: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The size (W, H) that w×h is scaled to, aspect kept, to cover size=(W, H)."""
+    scale = max(size[0] / w, size[1] / h)
+    return max(size[0], round(w * scale)), max(size[1], round(h * scale))
+
+
 def _resize_cover(rgb: np.ndarray, size: tuple[int, int], notes: list[str]) -> np.ndarray:
     """Scale H×W×3 float data (Lanczos, per channel in float) to cover size=(W, H), then center-crop to it."""
     tw, th = size
     h, w = rgb.shape[:2]
     if (w, h) == (tw, th):
         return rgb
-    scale = max(tw / w, th / h)
-    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    nw, nh = _cover_size(w, h, size)
     if (nw, nh) == (w, h):
         notes.append(f"center-cropped {w}×{h} → {tw}×{th}")
         return _center_crop(rgb, tw, th)

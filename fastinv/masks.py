@@ -20,9 +20,12 @@ from PIL import Image
 
 from fastinv.errors import FastinvError
 from fastinv.images import LoadedImage, load_image
+from fastinv.request_checks import shown
 
 DEFAULT_FEATHER = 4
 """Pixels (of the image as the model sees it) over which the mask rises from 0 at its edge to 1 inside."""
+MAX_FEATHER = 4096
+"""The widest feather taken, px: wider than the largest image a model here takes."""
 THRESHOLD = 0.5
 """Luminance at or above which a mask pixel is editable."""
 
@@ -48,9 +51,11 @@ class Mask:
 
 
 def check_feather(feather: Any) -> None:
-    """One-line error unless `feather` is an integer number of pixels >= 0."""
-    if isinstance(feather, bool) or not isinstance(feather, int) or feather < 0:
-        raise FastinvError(f"mask feather must be an integer number of pixels >= 0, got {feather!r}")
+    """One-line error unless `feather` is an integer number of pixels in [0, MAX_FEATHER]."""
+    if isinstance(feather, bool) or not isinstance(feather, int) or not 0 <= feather <= MAX_FEATHER:
+        raise FastinvError(
+            f"mask feather must be an integer number of pixels in [0, {MAX_FEATHER}], got {shown(feather)}"
+        )
 
 
 def load_mask(source: Any, image: LoadedImage, fit: dict[str, Any], feather: int = DEFAULT_FEATHER) -> Mask:
@@ -94,6 +99,8 @@ def feathered(binary: torch.Tensor, radius: int) -> torch.Tensor:
         return binary
     inside, ramp = binary, torch.zeros_like(binary)
     for _ in range(radius):
+        if not inside.any():  # eroded away: d ≤ this step's index everywhere, the ramp is complete
+            break
         ramp += inside
         inside = -F.max_pool2d(-inside, 3, stride=1, padding=1)  # erode by one px (padding never counts)
     return ramp / radius

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastinv.errors import FastinvError, reason
+from fastinv.request_checks import check_run_names
 
 if TYPE_CHECKING:  # the drivers of `fastinv serve` and `invert --ray` check and connect without torch
     from fastinv.folders import Item
@@ -41,10 +42,12 @@ def check_installed(needed_by: str = "--ray", *modules: str) -> None:
         raise FastinvError(f"{needed_by} needs Ray, which is not installed: {INSTALL}")
 
 
-def check_paths(load_options: dict[str, Any]) -> None:
-    """The one-line errors a worker's `fastinv.load(**load_options)` would raise for a missing or malformed
-    model folder, solver folder, embeddings file or export folder, raised before Ray starts (no weights
-    are read). Imports the loaders (torch) only for the folders it is given."""
+def check_load_options(load_options: dict[str, Any]) -> None:
+    """The one-line errors a worker's `fastinv.load(**load_options)` would raise for a device, dtype or
+    kernel backend name no machine runs, or for a missing or malformed model folder, solver folder,
+    embeddings file or export folder, raised before Ray starts (no weights are read). Imports the loaders
+    (torch) only for the folders it is given."""
+    check_run_names(*(load_options.get(name, "auto") for name in ("device", "dtype", "kernels")))
     if load_options.get("model_dir") is not None:
         from fastinv.models.loading import inspect_folder
 

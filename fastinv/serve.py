@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fastinv.errors import FastinvError, reason
-from fastinv.request_checks import check_request
+from fastinv.request_checks import check_request, shown
 
 APP = "fastinv"
 """The Serve application's name."""
@@ -109,20 +109,20 @@ def _integer(name: str, text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise FastinvError(f"{name} must be an integer, got {text!r}") from None
+        raise FastinvError(f"{name} must be an integer, got {shown(text)}") from None
 
 
 def _number(name: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise FastinvError(f"{name} must be a number, got {text!r}") from None
+        raise FastinvError(f"{name} must be a number, got {shown(text)}") from None
 
 
 def _flag(name: str, text: str) -> bool:
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
     if value is None:
-        raise FastinvError(f"{name} must be true or false, got {text!r}")
+        raise FastinvError(f"{name} must be true or false, got {shown(text)}")
     return value
 
 
@@ -142,7 +142,8 @@ def parse_query(kind: type[Query], items: Iterable[tuple[str, str]]) -> Query:
     values: dict[str, Any] = {}
     for name, text in items:
         if name not in types:
-            raise FastinvError(f"unknown query parameter {name!r} (this endpoint takes {', '.join(types)})")
+            taken = ", ".join(types)
+            raise FastinvError(f"unknown query parameter {shown(name)} (this endpoint takes {taken})")
         if name in values:
             raise FastinvError(f"query parameter {name!r} is given twice")
         values[name] = _PARSERS[types[name]](name, text)
@@ -218,8 +219,8 @@ async def image_file(_headers: Headers, body: bytes) -> dict[str, bytes | None]:
 
 async def edit_files(headers: Headers, body: bytes) -> dict[str, bytes | None]:
     """A /v1/edit body as the model replica's `body` (the image file) and `mask` (the mask file or None):
-    the image itself, or a multipart/form-data form with the parts FORM_PARTS (files or plain fields). A
-    malformed form, an unknown or repeated part, or no image part is a one-line FastinvError."""
+    the image itself, or a multipart/form-data form with the parts FORM_PARTS, as files. A malformed form,
+    an unknown, repeated or plain-field part, or no image part is a one-line FastinvError."""
     if not headers.get("content-type", "").startswith("multipart/form-data"):
         return {"body": body, "mask": None}
 
@@ -234,10 +235,12 @@ async def edit_files(headers: Headers, body: bytes) -> dict[str, bytes | None]:
     parts: dict[str, bytes] = {}
     for name, value in form.multi_items():
         if name not in FORM_PARTS:
-            raise FastinvError(f"unknown form part {name!r} (a /v1/edit form has {', '.join(FORM_PARTS)})")
+            raise FastinvError(f"unknown form part {shown(name)} (a /v1/edit form has image and mask)")
         if name in parts:
             raise FastinvError(f"form part {name!r} is given twice")
-        parts[name] = await value.read() if isinstance(value, UploadFile) else value.encode()
+        if not isinstance(value, UploadFile):  # a plain field's bytes arrive decoded as text: not a file's
+            raise FastinvError(f"form part {name!r} is a plain field: send it as a file (with a filename)")
+        parts[name] = await value.read()
     await form.close()
     if not parts.get("image"):
         raise FastinvError("the form has no image part: send the image file as the part 'image'")
@@ -365,7 +368,7 @@ def deploy(
     ongoing = 2 * max_batch_size  # one batch running, the next filling
     model = Inversions.options(
         num_replicas=count, ray_actor_options=resources, max_ongoing_requests=ongoing
-    ).bind(load_options, max_batch_size, batch_wait_s)
+    ).bind(load_options, max_batch_size, batch_wait_s, timeout_s)
     gateway = Gateway.options(max_ongoing_requests=4 * count * ongoing).bind(model, timeout_s)
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})

@@ -21,8 +21,9 @@ from fastinv.kernels import reference
 from fastinv.kernels.reference import Coefficient
 
 from fastinv.errors import FastinvError
+from fastinv.request_checks import KERNEL_BACKENDS
 
-BACKENDS = ("auto", "torch")
+BACKENDS = KERNEL_BACKENDS
 
 
 def triton_available() -> bool:

@@ -440,6 +440,10 @@ def test_a_decompression_bomb_is_refused_before_decoding(
     assert bomb.stat().st_size < 200_000
     code, _, err = cli(["invert", str(bomb), "--out", str(tmp_path / "o")])
     assert code == 2 and "(81 megapixels), over the limit of 50 megapixels" in one_error_line(err)
+    thin = tmp_path / "thin.png"
+    Image.new("L", (100_000, 4)).save(thin)  # 0.4 megapixels, 102 once scaled to cover the model's 64×64
+    code, _, err = cli(["invert", str(thin), "--out", str(tmp_path / "o")])
+    assert code == 2 and "covering 64×64 would scale it to 1600000×64 px, over" in one_error_line(err)
     monkeypatch.setenv("FASTINV_MAX_PIXELS", "1000")
     code, _, err = cli(["invert", "--example", "--out", str(tmp_path / "o")])
     assert code == 2 and "over the limit of 0.001 megapixels" in one_error_line(err)

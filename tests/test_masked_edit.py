@@ -7,16 +7,18 @@ import inspect
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from cli_runner import cli
 from PIL import Image
 
 import fastinv
 from fastinv.errors import FastinvError
-from fastinv.masks import DEFAULT_FEATHER, feathered, region_psnr
+from fastinv.masks import DEFAULT_FEATHER, MAX_FEATHER, check_feather, feathered, region_psnr
 from fastinv.sampling import SourceTrajectory, sample_euler
 from fastinv.training.photos import CAPTIONS, load_photo
 
@@ -45,6 +47,27 @@ def test_feather_ramps_inside_the_edge_only() -> None:
     edge = torch.zeros(1, 1, 6, 6)
     edge[..., :, :3] = 1  # touching the image's left border: the border is not an edge
     assert feathered(edge, 2)[0, 0, 3].tolist() == pytest.approx([1, 1, 0.5, 0, 0, 0])
+
+
+def test_a_feather_wider_than_the_mask_costs_no_more_than_its_depth() -> None:
+    """Past the mask's depth the ramp is complete: a wide feather is d/radius, computed in as many erosions as
+    the mask is deep; a feather over MAX_FEATHER is refused."""
+    binary = torch.zeros(1, 1, 64, 64)
+    binary[..., 8:40, 4:60] = 1  # 16 px deep at most
+    erosions = []
+    pool = F.max_pool2d
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        erosions.append(1)
+        return pool(*args, **kwargs)
+
+    with mock.patch.object(F, "max_pool2d", counted):
+        wide = feathered(binary, MAX_FEATHER)
+    assert len(erosions) == 16
+    assert torch.allclose(wide * MAX_FEATHER, feathered(binary, 20) * 20, atol=1e-3)
+    check_feather(MAX_FEATHER)
+    with pytest.raises(FastinvError, match=rf"in \[0, {MAX_FEATHER}\], got {MAX_FEATHER + 1}"):
+        check_feather(MAX_FEATHER + 1)
 
 
 def test_blend_keeps_the_source_where_the_mask_is_zero(inverter: fastinv.Inverter) -> None:

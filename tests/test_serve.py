@@ -8,6 +8,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -167,7 +168,9 @@ def check_inversion(answer: dict, want: fastinv.Inversion, inverter: fastinv.Inv
 def test_invert_groups_share_a_call_only_with_one_job_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def invert_images(inverter: object, pictures: list[LoadedImage], job: InversionJob) -> list[str]:
+    def invert_images(
+        inverter: object, pictures: list[LoadedImage], job: InversionJob, hook: object
+    ) -> list[str]:
         calls.append((job.method, job.steps, job.prompt, [picture.pixels.shape[-1] for picture in pictures]))
         if job.prompt == "boom":
             raise RuntimeError("boom")
@@ -176,7 +179,7 @@ def test_invert_groups_share_a_call_only_with_one_job_and_size(monkeypatch: pyte
     monkeypatch.setattr(fastinv.pipeline, "invert_images", invert_images)  # what invert_groups calls
     small, large = (LoadedImage(torch.zeros(1, 3, side, side), "<array>", (side, side)) for side in (8, 16))
     euler = InversionJob(method="euler", steps=2)
-    pending = [
+    jobs = [
         (small, euler),
         (large, euler),
         (small, InversionJob(method="euler", steps=3)),
@@ -184,6 +187,7 @@ def test_invert_groups_share_a_call_only_with_one_job_and_size(monkeypatch: pyte
         (small, InversionJob(prompt="boom", method="euler", steps=2)),
         (small, InversionJob(method="warm_fixed_point", steps=2)),
     ]
+    pending = [(picture, job, math.inf) for picture, job in jobs]
     outcomes = replica.invert_groups(None, pending)
     assert calls == [
         ("euler", 2, "", [8, 8]),
@@ -194,6 +198,32 @@ def test_invert_groups_share_a_call_only_with_one_job_and_size(monkeypatch: pyte
     ]
     assert outcomes[:4] == [("euler/2/0", 2), ("euler/2/0", 1), ("euler/3/0", 1), ("euler/2/1", 2)]
     assert isinstance(outcomes[4], RuntimeError) and outcomes[5] == ("warm_fixed_point/2/0", 1)
+
+
+def test_work_past_its_deadline_stops_between_steps(
+    inverter: fastinv.Inverter, photos: dict[str, bytes]
+) -> None:
+    """A thread cannot be cancelled: a request's inversion, reconstruction or edit stops at the first step
+    past its deadline (the gateway's timeout, when it answered 503), and the replica is free again."""
+    forwards: list[int] = []
+    counting = inverter.model.velocity.network.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        picture = inverter.prepare_image(photos["coffee"])
+        job = InversionJob(method="euler", steps=1000)
+        past, future = time.monotonic() - 1, time.monotonic() + 600
+        (outcome,) = replica.invert_groups(inverter, [(picture, job, past)])
+        assert isinstance(outcome, service.RequestError) and outcome.status == 503, outcome
+        assert "stopped while it was at invert" in str(outcome) and len(forwards) == 1  # euler: 1 per step
+        # a group stops only once its last deadline has passed
+        short = InversionJob(method="euler", steps=3)
+        outcomes = replica.invert_groups(inverter, [(picture, short, past), (picture, short, future)])
+        assert [type(o) for o in outcomes] == [tuple, tuple] and outcomes[0][0].result.nfe == 3
+        forwards.clear()
+        with pytest.raises(service.RequestError, match="stopped while it was at invert"):
+            edit_image(inverter, picture, job, EditJob("a cat"), replica.stop_at(past))
+        assert len(forwards) == 1
+    finally:
+        counting.remove()
 
 
 def test_spelt_out_defaults_are_the_libraries() -> None:
@@ -210,8 +240,8 @@ def test_the_driver_and_the_gateway_import_no_torch() -> None:
     (and the gateway, to answer), in a fresh interpreter: no torch, no diffusers (seconds off each start)."""
     code = (
         "import sys, fastinv.cli, fastinv.serve, fastinv.replica\n"
-        "from fastinv.ray_data import check_paths\n"
-        "check_paths({'model_dir': None, 'solver': None})\n"
+        "from fastinv.ray_data import check_load_options\n"
+        "check_load_options({'model_dir': None, 'solver': None})\n"
         "print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -249,10 +279,17 @@ def test_serve_checks_its_options_before_starting_ray(
         cases = [
             (["--replicas", "0"], "--replicas must be at least 1, got 0"),
             (["--port", "70000"], "--port must be in [1, 65535], got 70000"),
-            (["--max-batch-size", "0"], "--max-batch-size must be at least 1, got 0"),
-            (["--batch-wait-ms", "-1"], "--batch-wait-ms must be a finite number >= 0, got -1.0"),
-            (["--request-timeout", "0"], "--request-timeout must be a finite number > 0, got 0.0"),
+            (["--max-batch-size", "0"], "--max-batch-size must be in [1, 1024], got 0"),
+            (["--max-batch-size", "1000000000"], "--max-batch-size must be in [1, 1024], got 1000000000"),
+            (["--batch-wait-ms", "-1"], "--batch-wait-ms must be in [0, 60000], got -1.0"),
+            (["--batch-wait-ms", "nan"], "--batch-wait-ms must be in [0, 60000], got nan"),
+            (["--batch-wait-ms", "1e12"], "--batch-wait-ms must be in [0, 60000], got 1000000000000.0"),
+            (["--request-timeout", "0"], "--request-timeout must be in (0, 86400] seconds, got 0.0"),
+            (["--request-timeout", "1e300"], "--request-timeout must be in (0, 86400] seconds, got 1e+300"),
             (["--backend", "tpu"], "unknown backend 'tpu'"),
+            (["--device", "tpu"], "unknown device 'tpu': use cpu, cuda, cuda:N or auto"),
+            (["--dtype", "int3"], "unknown dtype 'int3': use auto, fp32, bf16, fp16"),
+            (["--kernels", "maybe"], "unknown kernel backend 'maybe': use auto or torch"),
             (["--model", str(tmp_path / "missing")], str(tmp_path / "missing")),
             (["--port", str(taken)], f"cannot listen on 127.0.0.1:{taken}"),
         ]
@@ -303,8 +340,9 @@ def test_reconstruct_adds_the_reconstruction_and_its_scores(
 
 def test_bad_requests_get_one_line_json_errors(running: Running, photos: dict[str, bytes]) -> None:
     invert, edit, photo = f"{running.url}/v1/invert", f"{running.url}/v1/edit", photos["coffee"]
-    bomb = io.BytesIO()
+    bomb, thin = io.BytesIO(), io.BytesIO()
     Image.new("1", (8000, 8000)).save(bomb, format="PNG")  # 64 megapixels in a few KB
+    Image.new("1", (4, 100_000)).save(thin, format="PNG")  # 0.4 megapixels, but 102 once it covers 64×64
     cases = [
         (post(invert, b"not an image"), 400, "cannot read image <bytes>: not a recognized image format"),
         (post(invert, b""), 400, "the request body is empty"),
@@ -316,6 +354,8 @@ def test_bad_requests_get_one_line_json_errors(running: Running, photos: dict[st
         (post(invert, photo, guidance="nan"), 400, "guidance must be a finite number >= 0, got nan"),
         (post(invert, photo, reconstruct="maybe"), 400, "reconstruct must be true or false, got 'maybe'"),
         (post(invert, photo, stepz=2), 400, "unknown query parameter 'stepz'"),
+        (post(invert, thin.getvalue()), 400, "4×100000 px: covering 64×64 would scale it to 64×1600000 px"),
+        (post(invert, photo, steps="9" * 5000), 400, "steps must be an integer, got '9999999999"),
         (post(edit, photo), 400, "missing query parameter 'target_prompt'"),
         (post(edit, photo, target_prompt="x", strength=2), 400, "edit strength must be a number in [0, 1]"),
         (post(invert, os.urandom(21 * 2**20)), 413, f"over the limit of {20 * 2**20} bytes"),
@@ -324,6 +364,7 @@ def test_bad_requests_get_one_line_json_errors(running: Running, photos: dict[st
     ]
     for response, status, message in cases:
         assert response.status_code == status and message in error_of(response), (status, response.text)
+        assert len(error_of(response)) < 200  # values are cut short in the message
 
 
 def test_an_edit(running: Running, photos: dict[str, bytes], inverter: fastinv.Inverter) -> None:
@@ -403,10 +444,19 @@ def test_a_masked_edit(running: Running, photos: dict[str, bytes], inverter: fas
         ({"image": photos["coffee"], "mask": png_bytes(mask * 0)}, {}, "marks nothing editable"),
         ({"image": photos["coffee"], "mask": b"not an image"}, {}, "cannot read mask"),
         ({"image": photos["coffee"], "mask": png_bytes(mask)}, {"mask_feather": -1}, "mask feather"),
+        (
+            {"image": photos["coffee"], "mask": png_bytes(mask)},
+            {"mask_feather": 10**9},
+            "mask feather must be an integer number of pixels in [0, 4096], got 1000000000",
+        ),
     ]
     for files, extra, message in cases:
         response = post_form(url, files, **(query | extra))
         assert response.status_code == 400 and message in error_of(response), (message, response.text)
+    plain_field = {"image": (None, photos["coffee"])}  # no filename: a plain field
+    plain = requests.post(url, files=plain_field, params=query, timeout=CLIENT_TIMEOUT_S)
+    assert plain.status_code == 400
+    assert "form part 'image' is a plain field: send it as a file" in error_of(plain)
 
 
 def test_the_readme_client_runs(

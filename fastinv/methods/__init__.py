@@ -17,6 +17,7 @@ from fastinv.methods.preciseinv import invert_preciseinv
 from fastinv.methods.renoise import invert_renoise
 from fastinv.methods.rf_solver import invert_fireflow, invert_rf_solver
 from fastinv.methods.warm_fixed_point import invert_warm_fixed_point
+from fastinv.request_checks import shown
 
 METHODS: dict[str, InversionMethod] = {
     "euler": invert_euler,
@@ -48,7 +49,7 @@ def auto_method(has_solver: bool) -> str:
 def get_method(name: str) -> InversionMethod:
     """The method registered under `name` (the CLI's --method)."""
     if name not in METHODS:
-        raise FastinvError(f"unknown method {name!r} (available: {', '.join(METHODS)})")
+        raise FastinvError(f"unknown method {shown(name)} (available: {', '.join(METHODS)})")
     return METHODS[name]
 
 
