@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -233,10 +234,20 @@ def invert(
     """Invert images to noise z_T, regenerate them, and write z_T, the reconstruction and metrics per image,
     and OUT/manifest.jsonl."""
     _quiet_libraries()
-    from fastinv.folders import Item, Manifest, Settings, completed, expand_inputs, output_names
+    from fastinv.folders import (
+        Item,
+        Manifest,
+        Settings,
+        completed,
+        expand_inputs,
+        name_problem,
+        outcome,
+        output_names,
+    )
     from fastinv.methods import parse_options
     from fastinv.models import EXAMPLE_IMAGE
     from fastinv.pipeline import InversionJob
+    from fastinv.ray_data import check_load_options
     from fastinv.request_checks import check_request
 
     check_request(steps=steps, prompt=prompt, guidance=guidance, embedded_guidance=embedded_guidance)
@@ -265,23 +276,31 @@ def invert(
     names = output_names(paths)
     items = [Item(index, str(path), names[path]) for index, path in enumerate(paths)]
     job = InversionJob(prompt, method, steps, guidance, embedded_guidance, method_options)
-    settings = Settings.of(job, model, solver)
-    manifest = Manifest(out)
-    manifest.add(
-        record for record in (completed(out, item, settings) for item in items) if record is not None
-    )
-    pending = [item for item in items if item.index not in manifest.outcomes]
     load_options = _load_options(
         model, device, dtype, embeddings, solver, backend, export_dir, fast, compile_, cuda_graphs, kernels
     ) | {"offload": offload}
-    title = ""
-    try:
-        if pending and ray is None:
-            title = _invert_here(pending, job, out, load_options, batch_size, manifest)
-        elif pending:
-            title = _invert_on_ray(ray, pending, job, out, load_options, batch_size, workers, manifest)
-    finally:
-        manifest.write()
+    check_load_options(load_options)  # before anything is skipped or written, even when nothing is pending
+    with _only_run_in(out):
+        settings = Settings.of(job, model, solver)
+        manifest = Manifest(out)
+        problems = {item.index: name_problem(item) for item in items}
+        manifest.add(
+            outcome(item, "error", error=problems[item.index]) for item in items if problems[item.index]
+        )
+        manifest.add(
+            record
+            for record in (completed(out, item, settings) for item in items if not problems[item.index])
+            if record is not None
+        )
+        pending = [item for item in items if item.index not in manifest.outcomes]
+        title = ""
+        try:
+            if pending and ray is None:
+                title = _invert_here(pending, job, out, load_options, batch_size, manifest)
+            elif pending:
+                title = _invert_on_ray(ray, pending, job, out, load_options, batch_size, workers, manifest)
+        finally:
+            manifest.write()
     _print_outcomes(manifest, title, out)
     failed = manifest.by_status("error")
     if failed:
@@ -312,6 +331,7 @@ def _invert_here(
     with progress_bar(console) as progress:
         overall = progress.add_task("images", total=len(pending))
         for batch in batches(pending, batch_size):
+            _stop_if_signalled()
             label = batch[0].name + (f" (+{len(batch) - 1})" if len(batch) > 1 else "")
             hook, task = _stage_hook(progress, label, job.steps)
             outcomes = invert_items(inverter, batch, job, out, hook)
@@ -334,9 +354,8 @@ def _invert_on_ray(
 ) -> str:
     """Invert `pending` on Ray Data (`fastinv.ray_data`), in the plain run's batches; returns the title."""
     from fastinv.folders import Settings, batches
-    from fastinv.ray_data import LOCAL, check_load_options, invert_batches, session
+    from fastinv.ray_data import LOCAL, invert_batches, session
 
-    check_load_options(load_options)
     console.print(
         f"[dim]{'starting a local Ray' if address == LOCAL else f'connecting to Ray at {address}'}[/dim]"
     )
@@ -568,6 +587,7 @@ def _stage_hook(progress: Progress, stem: str, steps: int) -> tuple[Callable[[st
     done = [0]
 
     def hook(stage: str) -> None:
+        _stop_if_signalled()
         if current != [stage] or done[0] == steps:
             current[:], done[0] = [stage], 0
             progress.update(task, description=f"{stem}: {stage}", completed=0)
@@ -575,6 +595,30 @@ def _stage_hook(progress: Progress, stem: str, steps: int) -> tuple[Callable[[st
         progress.advance(task)
 
     return hook, task
+
+
+LOCK_FILE = ".fastinv.lock"
+"""The file `fastinv invert` locks in its --out while it runs."""
+
+
+@contextlib.contextmanager
+def _only_run_in(out: Path) -> Iterator[None]:
+    """Hold OUT/.fastinv.lock (an OS file lock, gone with the process) while a run writes to `out`: a second
+    run into the same folder is a one-line error instead of a silent mix of two runs' sets."""
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FastinvError(
+            f"another fastinv run is writing to {out}: wait for it, or pick another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_out(out: Path) -> None:
@@ -1103,6 +1147,13 @@ def _on_signal(signum: int, _frame: object) -> None:
     files, checkpoints) unwinds before the process exits."""
     _received.append(signum)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_if_signalled() -> None:
+    """Raise the interruption again if a signal arrived: its KeyboardInterrupt can land in a finaliser
+    (`__del__`), where Python prints and drops it, and the run would carry on."""
+    if _received:
+        raise KeyboardInterrupt(signal.Signals(_received[0]).name)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

@@ -5,6 +5,7 @@
 half-written file. Write faults are one-line :class:`FastinvError`s naming the file.
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -100,9 +101,16 @@ def publish_files(files: Mapping[Path, Writer]) -> list[Path]:
                 raise one_line(f"cannot write {target}: {reason(exc)}") from exc
     except BaseException:
         for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (a name too long to stage): the first error is the one
+                tmp.unlink(missing_ok=True)
         raise
     return [target for _, target in staged]
+
+
+STAGING_BYTES = len(".." + "0" * 8 + ".tmp")
+"""How much longer than its target's name a file's staging name is (`publish_files`)."""
+NAME_MAX_BYTES = 255
+"""The longest file name, in bytes (UTF-8), of the file systems fastinv writes to (ext4, APFS, NTFS)."""
 
 
 def png_writer(image: Image.Image, text: Mapping[str, str] | None = None) -> Writer:

@@ -20,11 +20,11 @@ from typing import Any
 from fastinv.api import Inverter
 from fastinv.conditioning import INVERSION_EMBEDDED_GUIDANCE
 from fastinv.errors import FastinvError, reason
-from fastinv.files import publish_files
+from fastinv.files import NAME_MAX_BYTES, STAGING_BYTES, publish_files
 from fastinv.images import IMAGE_SUFFIXES, image_files, is_image_file
 from fastinv.methods import AUTO, auto_method, method_options
 from fastinv.models import DEFAULT_MODEL
-from fastinv.outputs import read_output_set
+from fastinv.outputs import INVERSION_FILES, read_output_set
 from fastinv.pipeline import InversionJob, StepHook, invert_batch_to_files
 
 MANIFEST = "manifest.jsonl"
@@ -59,13 +59,29 @@ def expand_inputs(arguments: Iterable[str | Path], out: Path) -> list[Path]:
         elif path.is_dir():
             files = _images(image_files(path), out, f"no image files in {path}")
         elif any(char in str(argument) for char in "*?["):
-            matches = sorted(map(Path, glob.glob(str(argument), recursive=True)))
+            matches = sorted(_glob(str(argument)))
             files = _images(matches, out, f"no image files match {str(argument)!r}")
         else:
             raise FastinvError(f"image not found: {argument}")
         for file in files:
             found.setdefault(file.resolve(), file)
     return list(found.values())
+
+
+def _glob(pattern: str) -> list[Path]:
+    """The paths `pattern` matches, as `glob.glob` finds them (hidden files only where the pattern names
+    them), except that `**` does not follow symbolic links to folders: a link to a parent would loop."""
+    if "**" not in pattern:
+        return [Path(match) for match in glob.glob(pattern)]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root, rest = Path(*parts[:fixed]) if fixed else Path(), parts[fixed:]
+    hidden = any(part.startswith(".") for part in rest)
+    return [
+        path
+        for path in root.glob("/".join(rest))
+        if hidden or not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
 
 
 def _images(paths: Iterable[Path], out: Path, nothing: str) -> list[Path]:
@@ -87,6 +103,25 @@ def output_names(images: Sequence[Path]) -> dict[Path, str]:
             raise FastinvError(f"{stems[image.stem]} and {image} would write the same outputs; rename one")
         stems[image.stem] = image
     return {image: stem for stem, image in stems.items()}
+
+
+def name_problem(item: Item) -> str | None:
+    """Why `item`'s outputs cannot be written, checked before any work: a file name that is not valid UTF-8
+    (records and the manifest are UTF-8 JSON), or an output name too long to stage; else None."""
+    try:
+        item.image.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its file name is not valid UTF-8, which the records and the manifest need: rename it"
+    longest = max(len(f"{item.name}{suffix}".encode()) for suffix in INVERSION_FILES) + STAGING_BYTES
+    if longest > NAME_MAX_BYTES:
+        room = NAME_MAX_BYTES - longest + len(item.name.encode())
+        return f"its output names would be too long: rename it to at most {room} bytes before the suffix"
+    return None
+
+
+def printable(path: str) -> str:
+    """`path` as valid text: bytes that are not UTF-8 (kept by Python as surrogates) as \\x escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def batches(items: Sequence[Item], size: int) -> list[list[Item]]:
@@ -127,7 +162,10 @@ class Settings:
 
     def made(self, record: dict[str, Any], image: str) -> bool:
         """Whether the metrics record `record` of an output set was made of `image` with these settings."""
-        options = dict(record.get("method_options") or {})
+        options = record.get("method_options") or {}
+        if not isinstance(options, dict):  # a damaged record: re-run
+            return False
+        options = dict(options)
         solver = options.pop("solver", None)
         return (
             _same_path(record.get("model"), self.model)
@@ -154,9 +192,9 @@ def completed(out: Path, item: Item, settings: Settings) -> dict[str, Any] | Non
         record = read_output_set(out, item.name)
     except FastinvError:
         return None
-    if record is None or not settings.made(record, item.image):
+    if record is None or not isinstance(record.get("metrics"), dict) or not settings.made(record, item.image):
         return None
-    return outcome(item, "skipped", metrics=record.get("metrics"))
+    return outcome(item, "skipped", metrics=record["metrics"])
 
 
 def outcome(
@@ -174,8 +212,8 @@ def outcome(
     scores = None if metrics is None else {key: metrics.get(key) for key in ("psnr", "ssim", "lpips")}
     return {
         "index": item.index,
-        "image": item.image,
-        "name": item.name,
+        "image": printable(item.image),
+        "name": printable(item.name),
         "status": status,
         "seconds": seconds,
         "metrics": scores,

@@ -185,8 +185,8 @@ def _open(file: Path | io.BytesIO, name: str, notes: list[str]) -> Image.Image:
             return _prepare(img, notes)
     except FastinvError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise one_line(f"image {name} is over the pixel limit: {exc} (FASTINV_MAX_PIXELS raises it)") from exc
+    except Image.DecompressionBombError as exc:  # PIL's own limit, which FASTINV_MAX_PIXELS does not move
+        raise one_line(f"image {name} is over PIL's pixel limit (Image.MAX_IMAGE_PIXELS): {exc}") from exc
     except Exception as exc:
         raise one_line(f"cannot read image {name}: {_reason(exc)}") from exc
 
@@ -215,8 +215,11 @@ def _pil_to_raw(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
         notes.append(f"16-bit grayscale ({mode}) scaled by 1/65535 and replicated to RGB")
         return data.astype(np.uint16)[..., None]
     if mode == "F":
+        data = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(data).all():  # clipping would turn ±inf into white or black unseen
+            raise one_line(f"image {name} has NaN or infinite pixel values")
         notes.append("floating-point grayscale (F) clipped to [0, 1] and replicated to RGB")
-        return np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None]
+        return np.clip(data, 0, 1)[..., None]
     if img.has_transparency_data:
         what = mode if mode in ("RGBA", "LA", "PA", "RGBa", "La") else f"{mode} with transparency"
         notes.append(f"converted {what} to RGB on white")

@@ -4,14 +4,17 @@ an unreadable image among good ones, and the one-line errors of inputs that name
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
 
 import pytest
 from cli_runner import cli
+from filelock import FileLock
 from PIL import Image
 from skimage import data
 
@@ -81,6 +84,7 @@ def test_a_folder_is_inverted_and_its_broken_image_reported(photos: Path, first_
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             MANIFEST,
+            cli_module.LOCK_FILE,  # the run's lock, free again
             *(f"{stem}{suffix}" for stem in ("astronaut", "coffee", "rocket") for suffix in INVERSION_FILES),
         ]
     )
@@ -216,3 +220,109 @@ def test_inputs_naming_nothing_and_bad_options_are_one_line(
     code, _, err = cli(["invert", *arguments, "--out", "out", *RUN])
     assert code == 2 and message in one_error_line(err)
     assert not (tmp_path / "out").exists()
+
+
+def test_names_that_cannot_be_written_are_reported_and_the_others_run(photos: Path, tmp_path: Path) -> None:
+    """A file name that is not UTF-8, and one whose output names would be too long, are errors of their own
+    images before any work; the manifest stays UTF-8 JSON, and the image after them is inverted."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    long_name = "x" * 230 + ".png"  # a legal name: its outputs' staging names would not be
+    for name in (b"0\xff.png", long_name.encode(), b"z1.png"):
+        shutil.copy(photos / "coffee.png", os.fsdecode(bytes(folder) + b"/" + name))
+    out = tmp_path / "out"
+    code, _, err = cli(["invert", str(folder), "--out", str(out), *RUN])
+    assert code == 2 and "2 of 3 images failed" in one_error_line(err)
+    lines = [json.loads(line) for line in (out / MANIFEST).read_text(encoding="utf-8").splitlines()]
+    assert [(Path(record["image"]).name, record["status"]) for record in lines] == [
+        ("0\\xff.png", "error"),
+        (long_name, "error"),
+        ("z1.png", "ok"),
+    ]
+    assert "not valid UTF-8" in lines[0]["error"]
+    assert "too long: rename it to at most 226 bytes before the suffix" in lines[1]["error"]
+    assert read_output_set(out, "z1") is not None
+    assert {p.name for p in out.iterdir()} == {
+        MANIFEST,
+        cli_module.LOCK_FILE,
+        *(f"z1{s}" for s in INVERSION_FILES),
+    }
+
+
+def test_a_second_run_into_the_same_out_is_refused(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / cli_module.LOCK_FILE)):  # another run holds it
+        code, _, err = cli(["invert", str(photos / "coffee.png"), "--out", str(out), *RUN])
+    assert code == 2
+    assert (
+        one_error_line(err)
+        == f"error: another fastinv run is writing to {out}: wait for it, or pick another --out"
+    )
+    assert not (out / MANIFEST).exists()
+    code, _, err = cli(["invert", str(photos / "coffee.png"), "--out", str(out), *RUN])  # free again
+    assert code == 0, err
+
+
+def test_damaged_records_are_run_again_and_bad_options_fail_before_skipping(
+    photos: Path, first_run: tuple, tmp_path: Path
+) -> None:
+    """A metrics record of the wrong shape is re-run, not an internal error; a bad --dtype or --kernels is
+    refused even when every set is complete, and leaves the manifest as it was."""
+    out = tmp_path / "out"
+    shutil.copytree(first_run[0], out)
+    record_file = out / "coffee.metrics.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps(record | {"method_options": [1, 2]}))
+    (out / "rocket.metrics.json").write_text(json.dumps(record | {"metrics": [1]}))
+    images = [str(photos / name) for name in ("astronaut.png", "coffee.png", "rocket.jpg")]
+    code, _, err = cli(["invert", *images, "--out", str(out), *RUN])
+    assert code == 0, err
+    assert [(r["name"], r["status"]) for r in manifest(out)] == [
+        ("astronaut", "skipped"),
+        ("coffee", "ok"),
+        ("rocket", "ok"),
+    ]
+    before = (out / MANIFEST).read_text()
+    for option, message in (
+        (["--dtype", "bogus"], "unknown dtype 'bogus': use auto, fp32, bf16, fp16"),
+        (["--kernels", "bogus"], "unknown kernel backend 'bogus': use auto or torch"),
+    ):
+        code, _, err = cli(["invert", *images, "--out", str(out), *RUN, *option])
+        assert code == 2 and message in one_error_line(err)
+        assert (out / MANIFEST).read_text() == before
+
+
+def test_a_recursive_pattern_does_not_follow_links_to_folders(photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    shutil.copy(photos / "coffee.png", tmp_path / "a.png")
+    shutil.copy(photos / "coffee.png", tmp_path / "sub" / "b.png")
+    shutil.copy(photos / "coffee.png", tmp_path / "sub" / ".hidden.png")
+    for link in ("self", "self2"):  # two links to their own folder: following them never ends
+        (tmp_path / link).symlink_to(".")
+    found = expand_inputs([f"{tmp_path}/**/*.png"], tmp_path / "out")
+    assert found == [tmp_path / "a.png", tmp_path / "sub" / "b.png"]
+    assert expand_inputs([f"{tmp_path}/**/.hidden.png"], tmp_path / "out") == [
+        tmp_path / "sub" / ".hidden.png"
+    ]
+
+
+def test_a_signal_dropped_by_a_finaliser_still_stops_the_run(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler's KeyboardInterrupt can land in a `__del__`, where Python prints and drops it: the run
+    still stops at its next step, exit 130, and only complete sets are left."""
+    reconstruct = fastinv.pipeline.reconstruct_and_score
+
+    def dropped(*args: object, **kwargs: object) -> object:
+        with contextlib.suppress(KeyboardInterrupt):  # what a finaliser does with it
+            cli_module._on_signal(signal.SIGTERM, None)
+        return reconstruct(*args, **kwargs)
+
+    monkeypatch.setattr(fastinv.pipeline, "reconstruct_and_score", dropped)
+    out = tmp_path / "out"
+    code, _, err = cli(
+        ["invert", str(photos / "astronaut.png"), str(photos / "coffee.png"), "--out", str(out), *RUN]
+    )
+    assert code == 143 and "interrupted by SIGTERM" in one_error_line(err)
+    assert read_output_set(out, "astronaut") is None and read_output_set(out, "coffee") is None

@@ -193,6 +193,15 @@ def test_float_mode_f_clipped(tmp_path: Path) -> None:
     assert any("clipped" in n for n in loaded.notes)
 
 
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_float_mode_f_with_non_finite_values_is_refused(tmp_path: Path, value: float) -> None:
+    """Clipping would make ±inf white or black without a word: refused, as a float array's are."""
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.array([[0.5, value, 0.25]], dtype=np.float32)).save(path)
+    with pytest.raises(FastinvError, match="has NaN or infinite pixel values"):
+        load_image(path)
+
+
 def test_cmyk_converted() -> None:
     loaded = load_image(Image.new("CMYK", (2, 2), (0, 0, 0, 0)))
     assert torch.equal(loaded.pixels, torch.ones(1, 3, 2, 2))
