@@ -603,10 +603,12 @@ LOCK_FILE = ".fastinv.lock"
 
 @contextlib.contextmanager
 def _only_run_in(out: Path) -> Iterator[None]:
-    """Hold OUT/.fastinv.lock (an OS file lock, gone with the process) while a run writes to `out`: a second
-    run into the same folder is a one-line error instead of a silent mix of two runs' sets."""
+    """Hold OUT/.fastinv.lock (an OS file lock, freed with the process) while a run writes to `out`: a second
+    run into the same folder is a one-line error instead of a silent mix of two runs' sets. The lock file is
+    removed at the end, and `out` too if this run made it and left it empty (a run refused before work)."""
     from filelock import FileLock, Timeout
 
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_FILE), timeout=0)
     try:
@@ -618,7 +620,11 @@ def _only_run_in(out: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        # unlinked while held, so a run that opens it from now on makes a new file and takes that one
+        (out / LOCK_FILE).unlink(missing_ok=True)
         lock.release()
+        if made and not any(out.iterdir()):
+            out.rmdir()
 
 
 def _check_out(out: Path) -> None:
