@@ -89,7 +89,7 @@ def publish_files(files: Mapping[Path, Writer]) -> list[Path]:
             target = Path(target)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+                tmp = _staging_name(target)
                 staged.append((tmp, target))
                 write(tmp)
             except Exception as exc:  # OSError, or a library's own write error (safetensors)
@@ -107,7 +107,12 @@ def publish_files(files: Mapping[Path, Writer]) -> list[Path]:
     return [target for _, target in staged]
 
 
-STAGING_BYTES = len(".." + "0" * 8 + ".tmp")
+def _staging_name(target: Path) -> Path:
+    """Where `publish_files` stages `target`: a hidden name beside it, unique to this write."""
+    return target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+
+
+STAGING_BYTES = len(_staging_name(Path("x.y")).name) - len("x.y")
 """How much longer than its target's name a file's staging name is (`publish_files`)."""
 NAME_MAX_BYTES = 255
 """The longest file name, in bytes (UTF-8), of the file systems fastinv writes to (ext4, APFS, NTFS)."""
