@@ -963,6 +963,8 @@ def serve(
         raise FastinvError(f"--request-timeout must be in (0, 86400] seconds, got {request_timeout}")
     if not address.strip():
         raise FastinvError("--address needs 'local' or the address of a Ray cluster")
+    if not host.strip():
+        raise FastinvError("--host needs an address or host name to listen on (0.0.0.0: every one)")
     get_backend(backend)
     check_installed("fastinv serve", "fastapi")
     load_options = _load_options(

@@ -48,8 +48,9 @@ class Item:
 def expand_inputs(arguments: Iterable[str | Path], out: Path) -> list[Path]:
     """The image files `arguments` name, in order, each once: a file as is (any format PIL reads); a folder's
     image files (`fastinv.images.image_files`: by suffix, not recursive, sorted); a glob pattern's image files
-    (sorted; `**` recurses). Folders and patterns never yield files inside `out`. A missing file, or a folder
-    or pattern without image files, is a one-line error."""
+    (sorted; `**` recurses). Folders and patterns never yield files inside `out`. A missing file, a FIFO or
+    device named as an argument, or a folder or pattern without image files, is a one-line error; a broken
+    link or FIFO that a folder or pattern yields is an image that fails on its own (see `_images`)."""
     found: dict[Path, Path] = {}  # resolved → as given
     out = out.resolve()
     for argument in arguments:
@@ -58,6 +59,8 @@ def expand_inputs(arguments: Iterable[str | Path], out: Path) -> list[Path]:
             files = [path]
         elif path.is_dir():
             files = _images(image_files(path), out, f"no image files in {path}")
+        elif path.exists():
+            raise FastinvError(f"not a regular file or folder: {argument}")
         elif any(char in str(argument) for char in "*?["):
             matches = sorted(_glob(str(argument)))
             files = _images(matches, out, f"no image files match {str(argument)!r}")
@@ -85,8 +88,10 @@ def _glob(pattern: str) -> list[Path]:
 
 
 def _images(paths: Iterable[Path], out: Path, nothing: str) -> list[Path]:
-    """The image files among `paths` that are not inside `out`; none is the error `nothing`."""
-    images = [path for path in paths if is_image_file(path) and path.is_file()]
+    """The image files among `paths` that are not inside `out`; none is the error `nothing`. Entries named
+    like images that are not regular files (a broken link, a FIFO) are kept: each is an "error" outcome of
+    its own, not silently left out; folders named like images are left out."""
+    images = [path for path in paths if is_image_file(path) and not path.is_dir()]
     kept = [path for path in images if out not in path.resolve().parents]
     if not kept:
         inside = f"; the {len(images)} inside --out {out} are not taken" if images else ""
@@ -132,9 +137,10 @@ def batches(items: Sequence[Item], size: int) -> list[list[Item]]:
 @dataclass(frozen=True)
 class Settings:
     """What an output set must have been made with to be kept by a resumed run: the model folder, the
-    method ("auto" resolved as the model folder says) and its options, steps, prompt, guidance and embedded
-    guidance, and the image file. Paths are compared, not contents. Backend, device and dtype are not: they
-    are resolved where the model loads, which a Ray run's driver does not do."""
+    method ("auto" resolved as the model folder says) and its options, the solver of a method that takes one
+    (--solver, else the model folder's solver/), steps, prompt, guidance and embedded guidance, and the image
+    file. Paths are compared, not contents. Backend, device and dtype are not: they are resolved where the
+    model loads, which a Ray run's driver does not do."""
 
     model: str
     method: str
@@ -155,8 +161,8 @@ class Settings:
         method = auto_method(has_solver) if job.method == AUTO else job.method
         options = _json(dict(job.options))
         named = options.pop("solver", None)
-        if named is None and solver is not None and "solver" in method_options(method):
-            named = str(solver)
+        if named is None and "solver" in method_options(method):
+            named = str(solver if solver is not None else folder / "solver")  # what Inverter loads
         embedded = INVERSION_EMBEDDED_GUIDANCE if job.embedded_guidance is None else job.embedded_guidance
         return cls(str(folder), method, options, named, job.steps, job.prompt, job.guidance, embedded)
 
@@ -171,13 +177,23 @@ class Settings:
             _same_path(record.get("model"), self.model)
             and record.get("method") == self.method
             and _json(options) == self.options
-            and (self.solver is None or (solver is not None and Path(str(solver)) == Path(self.solver)))
+            and _same_solver(solver, self.solver)
             and record.get("steps") == self.steps
             and record.get("prompt") == self.prompt
             and record.get("guidance") == self.guidance
             and record.get("embedded_guidance") in (None, self.embedded_guidance)  # None: the model has none
             and _same_path(record.get("image"), image)
         )
+
+
+def _same_solver(recorded: Any, solver: str | None) -> bool:
+    """Whether a record's solver is `solver` (None: the method takes none): the same folder, or an exported
+    solver graph (solver.<precision>.onnx, or its engine), which the backend loaded for that folder."""
+    if solver is None or recorded is None:
+        return recorded is solver
+    name = Path(str(recorded)).name
+    graph = name.startswith("solver.") and name.endswith((".onnx", ".engine"))
+    return graph or _same_path(recorded, solver)
 
 
 def _same_path(recorded: Any, path: str) -> bool:

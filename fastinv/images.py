@@ -169,7 +169,10 @@ def _reason(exc: BaseException) -> str:
 
 def _open(file: Path | io.BytesIO, name: str, notes: list[str]) -> Image.Image:
     if isinstance(file, Path) and not file.exists():
-        raise one_line(f"image not found: {name}")
+        broken = " (a broken symbolic link)" if file.is_symlink() else ""
+        raise one_line(f"image not found: {name}{broken}")
+    if isinstance(file, Path) and not file.is_file():  # a FIFO or device: reading it could block forever
+        raise one_line(f"cannot read image {name}: not a regular file")
     limit = max_pixels()
     try:
         with warnings.catch_warnings():

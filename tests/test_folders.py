@@ -22,6 +22,7 @@ import fastinv.api
 import fastinv.pipeline
 from fastinv import cli as cli_module
 from fastinv.folders import MANIFEST, MANIFEST_FIELDS, expand_inputs
+from fastinv.models import DEFAULT_MODEL
 from fastinv.outputs import INVERSION_FILES, read_output_set
 
 RUN = ["--method", "euler", "--steps", "2"]
@@ -289,6 +290,55 @@ def test_damaged_records_are_run_again_and_bad_options_fail_before_skipping(
         code, _, err = cli(["invert", *images, "--out", str(out), *RUN, *option])
         assert code == 2 and message in one_error_line(err)
         assert (out / MANIFEST).read_text() == before
+
+
+def test_links_and_fifos_named_like_images_fail_on_their_own(photos: Path, tmp_path: Path) -> None:
+    """In a folder, a broken link and a FIFO named like images are error lines of their own (the FIFO is
+    never opened: reading it would wait for a writer) and the others run; a folder named like an image is
+    not an image. A FIFO named as an argument is refused up front."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(photos / "coffee.png", folder / "coffee.png")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "album.png").mkdir()
+    out = tmp_path / "out"
+    code, _, err = cli(["invert", str(folder), "--out", str(out), *RUN])
+    assert code == 2 and "2 of 3 images failed" in one_error_line(err)
+    assert [(r["name"], r["status"], r["error"]) for r in manifest(out)] == [
+        ("coffee", "ok", None),
+        ("gone", "error", f"image not found: {folder / 'gone.png'} (a broken symbolic link)"),
+        ("pipe", "error", f"cannot read image {folder / 'pipe.png'}: not a regular file"),
+    ]
+    code, _, err = cli(["invert", str(folder / "pipe.png"), "--out", str(tmp_path / "o2"), *RUN])
+    assert code == 2 and f"not a regular file or folder: {folder / 'pipe.png'}" in one_error_line(err)
+    assert not (tmp_path / "o2").exists()
+
+
+def test_sets_made_with_another_solver_are_run_again(
+    photos: Path, shipped_export: tuple[Path, str], tmp_path: Path
+) -> None:
+    """DeepInv sets made with a --solver folder are not kept by a run with the model's own solver, nor the
+    other way round; the same solver keeps them. A set made on ONNX Runtime records the solver graph it ran,
+    which the backend checked against the model's solver: a torch run keeps it (backends are not compared)."""
+    other = tmp_path / "other_solver"
+    shutil.copytree(DEFAULT_MODEL / "solver", other)
+    out, image = tmp_path / "out", str(photos / "coffee.png")
+    deepinv = ["invert", image, "--out", str(out), "--method", "deepinv", "--steps", "2"]
+    for extra, status in (
+        (["--solver", str(other)], "ok"),
+        ([], "ok"),
+        ([], "skipped"),
+        (["--solver", str(other)], "ok"),
+        (["--solver", str(other)], "skipped"),
+        (["--backend", "ort", "--export-dir", str(shipped_export[0])], "ok"),
+        ([], "skipped"),
+    ):
+        code, _, err = cli([*deepinv, *extra])
+        assert code == 0, err
+        assert [record["status"] for record in manifest(out)] == [status], extra
+    solver = shipped_export[0] / "solver.fp32.onnx"
+    assert read_output_set(out, "coffee")["method_options"]["solver"] == str(solver)
 
 
 def test_a_recursive_pattern_does_not_follow_links_to_folders(photos: Path, tmp_path: Path) -> None:

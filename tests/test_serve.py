@@ -279,6 +279,7 @@ def test_serve_checks_its_options_before_starting_ray(
         cases = [
             (["--replicas", "0"], "--replicas must be at least 1, got 0"),
             (["--port", "70000"], "--port must be in [1, 65535], got 70000"),
+            (["--host", " "], "--host needs an address or host name to listen on"),
             (["--max-batch-size", "0"], "--max-batch-size must be in [1, 1024], got 0"),
             (["--max-batch-size", "1000000000"], "--max-batch-size must be in [1, 1024], got 1000000000"),
             (["--batch-wait-ms", "-1"], "--batch-wait-ms must be in [0, 60000], got -1.0"),
