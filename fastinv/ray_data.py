@@ -148,6 +148,8 @@ class InvertWorker:
         from fastinv.api import load
 
         self.inverter = load(**load_options)
+        # as in the plain run, a solver that cannot load fails the run once, not each of its images
+        self.inverter.prepare(job.method, **job.options)
         self.job, self.out = job, Path(out)
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, list[str]]:

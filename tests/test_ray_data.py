@@ -91,3 +91,19 @@ def test_a_ray_run_writes_the_plain_runs_files(local_ray: None, photos: Path, tm
             Image.open(plain / f"{stem}.recon.png").tobytes()
             == Image.open(on_ray / f"{stem}.recon.png").tobytes()
         )
+
+
+def test_a_solver_that_does_not_fit_fails_the_ray_run_once(
+    local_ray: None, photos: Path, tiny_solver_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny SD3's solver on the shipped pixel-space model: one line, as in the plain run (each worker
+    loads the method's solver before its first image), not an error line per image."""
+    deepinv = ["--method", "deepinv", "--steps", "2", "--solver", str(tiny_solver_dir)]
+    image = str(photos / "coffee.png")
+    messages = []
+    for extra in ([], ["--ray", "local"]):
+        code, _, err = cli(["invert", image, "--out", str(tmp_path / f"o{len(extra)}"), *deepinv, *extra])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+        messages.append(lines[0].removeprefix("error: ").removeprefix("the Ray run failed: "))
+    assert messages[0] == messages[1] and "does not fit this model" in messages[0]
