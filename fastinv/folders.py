@@ -65,7 +65,8 @@ def expand_inputs(arguments: Iterable[str | Path], out: Path) -> list[Path]:
             matches = sorted(_glob(str(argument)))
             files = _images(matches, out, f"no image files match {str(argument)!r}")
         else:
-            raise FastinvError(f"image not found: {argument}")
+            broken = " (a broken symbolic link)" if path.is_symlink() else ""
+            raise FastinvError(f"image not found: {argument}{broken}")
         for file in files:
             found.setdefault(file.resolve(), file)
     return list(found.values())

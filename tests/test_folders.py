@@ -295,7 +295,7 @@ def test_damaged_records_are_run_again_and_bad_options_fail_before_skipping(
 def test_links_and_fifos_named_like_images_fail_on_their_own(photos: Path, tmp_path: Path) -> None:
     """In a folder, a broken link and a FIFO named like images are error lines of their own (the FIFO is
     never opened: reading it would wait for a writer) and the others run; a folder named like an image is
-    not an image. A FIFO named as an argument is refused up front."""
+    not an image. That FIFO or link named as an argument is refused up front."""
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(photos / "coffee.png", folder / "coffee.png")
@@ -310,9 +310,11 @@ def test_links_and_fifos_named_like_images_fail_on_their_own(photos: Path, tmp_p
         ("gone", "error", f"image not found: {folder / 'gone.png'} (a broken symbolic link)"),
         ("pipe", "error", f"cannot read image {folder / 'pipe.png'}: not a regular file"),
     ]
-    code, _, err = cli(["invert", str(folder / "pipe.png"), "--out", str(tmp_path / "o2"), *RUN])
-    assert code == 2 and f"not a regular file or folder: {folder / 'pipe.png'}" in one_error_line(err)
-    assert not (tmp_path / "o2").exists()
+    for name, message in (("pipe", "not a regular file or folder"), ("gone", "image not found")):
+        code, _, err = cli(["invert", str(folder / f"{name}.png"), "--out", str(tmp_path / "o2"), *RUN])
+        assert code == 2 and f"{message}: {folder / f'{name}.png'}" in one_error_line(err)
+        assert not (tmp_path / "o2").exists()
+    assert one_error_line(err).endswith("(a broken symbolic link)")
 
 
 def test_sets_made_with_another_solver_are_run_again(
