@@ -120,6 +120,9 @@ def invert_batches(
     this process's Ray Data progress bars and log off: the CLI shows its own bar and one error line."""
     import ray.data
 
+    # Ray's driver-side bar manager (ray.experimental.tqdm_ray), which it starts to print a failed actor's
+    # error even with the bars off, would otherwise replace builtins.print in this process for good
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     actors, unit = pool(workers)

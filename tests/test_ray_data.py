@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import signal
 import threading
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 
 RUN = ["--method", "euler", "--steps", "2", "--batch-size", "2"]
 TIMED = ("seconds_inversion", "seconds_reconstruction", "run_id", "peak_memory_mib")
+PRINT = builtins.print
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,10 @@ def test_a_solver_that_does_not_fit_fails_the_ray_run_once(
     local_ray: None, photos: Path, tiny_solver_dir: Path, tmp_path: Path
 ) -> None:
     """The tiny SD3's solver on the shipped pixel-space model: one line, as in the plain run (each worker
-    loads the method's solver before its first image), not an error line per image."""
+    loads the method's solver before its first image), not an error line per image. The failure leaves this
+    process's builtins.print alone (Ray's bar manager, which prints the actor's error, would replace it)."""
+    from ray.experimental import tqdm_ray
+
     deepinv = ["--method", "deepinv", "--steps", "2", "--solver", str(tiny_solver_dir)]
     image = str(photos / "coffee.png")
     messages = []
@@ -107,3 +112,5 @@ def test_a_solver_that_does_not_fit_fails_the_ray_run_once(
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
         messages.append(lines[0].removeprefix("error: ").removeprefix("the Ray run failed: "))
     assert messages[0] == messages[1] and "does not fit this model" in messages[0]
+    tqdm_ray.instance()  # the manager Ray started for the actor's error, or a new one: as it would start
+    assert builtins.print is PRINT
