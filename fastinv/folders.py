@@ -21,7 +21,7 @@ from fastinv.api import Inverter
 from fastinv.conditioning import INVERSION_EMBEDDED_GUIDANCE
 from fastinv.errors import FastinvError, reason
 from fastinv.files import NAME_MAX_BYTES, STAGING_BYTES, publish_files
-from fastinv.images import IMAGE_SUFFIXES, image_files, is_image_file
+from fastinv.images import IMAGE_SUFFIXES, image_files, is_image_file, not_found
 from fastinv.methods import AUTO, auto_method, method_options
 from fastinv.models import DEFAULT_MODEL
 from fastinv.outputs import INVERSION_FILES, read_output_set
@@ -65,8 +65,7 @@ def expand_inputs(arguments: Iterable[str | Path], out: Path) -> list[Path]:
             matches = sorted(_glob(str(argument)))
             files = _images(matches, out, f"no image files match {str(argument)!r}")
         else:
-            broken = " (a broken symbolic link)" if path.is_symlink() else ""
-            raise FastinvError(f"image not found: {argument}{broken}")
+            raise FastinvError(not_found(path, str(argument)))
         for file in files:
             found.setdefault(file.resolve(), file)
     return list(found.values())
@@ -158,12 +157,13 @@ class Settings:
         folder = DEFAULT_MODEL if model is None else Path(model)
         # `auto` as Inverter.resolve_method resolves it without loading the model; an export-only solver
         # (no solver folder) reads as none here, so such sets are re-run rather than wrongly kept
-        has_solver = solver is not None or (folder / "solver" / "config.json").is_file()
+        own = folder / "solver"  # the folder's solver, which Inverter loads without --solver
+        has_solver = solver is not None or (own / "config.json").is_file()
         method = auto_method(has_solver) if job.method == AUTO else job.method
         options = _json(dict(job.options))
         named = options.pop("solver", None)
         if named is None and "solver" in method_options(method):
-            named = str(solver if solver is not None else folder / "solver")  # what Inverter loads
+            named = str(solver if solver is not None else own)
         embedded = INVERSION_EMBEDDED_GUIDANCE if job.embedded_guidance is None else job.embedded_guidance
         return cls(str(folder), method, options, named, job.steps, job.prompt, job.guidance, embedded)
 
@@ -189,12 +189,10 @@ class Settings:
 
 def _same_solver(recorded: Any, solver: str | None) -> bool:
     """Whether a record's solver is `solver` (None: the method takes none): the same folder, or an exported
-    solver graph (solver.<precision>.onnx, or its engine), which the backend loaded for that folder."""
+    solver graph (a file, where a solver is a folder), which the backend loaded for that folder."""
     if solver is None or recorded is None:
         return recorded is solver
-    name = Path(str(recorded)).name
-    graph = name.startswith("solver.") and name.endswith((".onnx", ".engine"))
-    return graph or _same_path(recorded, solver)
+    return Path(str(recorded)).is_file() or _same_path(recorded, solver)
 
 
 def _same_path(recorded: Any, path: str) -> bool:

@@ -167,10 +167,14 @@ def _reason(exc: BaseException) -> str:
     return reason(exc)
 
 
+def not_found(path: Path, name: str) -> str:
+    """The error for an image file `path` (given as `name`) that does not exist: it may be a broken link."""
+    return f"image not found: {name}" + (" (a broken symbolic link)" if path.is_symlink() else "")
+
+
 def _open(file: Path | io.BytesIO, name: str, notes: list[str]) -> Image.Image:
     if isinstance(file, Path) and not file.exists():
-        broken = " (a broken symbolic link)" if file.is_symlink() else ""
-        raise one_line(f"image not found: {name}{broken}")
+        raise one_line(not_found(file, name))
     if isinstance(file, Path) and not file.is_file():  # a FIFO or device: reading it could block forever
         raise one_line(f"cannot read image {name}: not a regular file")
     limit = max_pixels()
