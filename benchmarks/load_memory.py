@@ -34,10 +34,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_plans
 
-from fastinv.bench.memory import MIB, current_rss_mib, process_peak_rss_mib
 from fastinv.bench.report import environment
 from fastinv.device import resolve_dtype
 from fastinv.files import save_json
+from fastinv.memory import MIB, current_rss_mib, process_peak_rss_mib
 from fastinv.models import load_model
 from fastinv.models.footprint import memory_size
 from fastinv.schedule import SD3_SCHEDULER_DEFAULTS

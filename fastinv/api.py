@@ -29,6 +29,7 @@ from fastinv.device import precision_name, resolve_device, resolve_dtype
 from fastinv.errors import FastinvError
 from fastinv.images import LoadedImage, load_image, pixels_to_pil
 from fastinv.masks import DEFAULT_FEATHER, Mask, check_feather, load_mask
+from fastinv.memory import PeakMemory
 from fastinv.methods import (
     AUTO,
     StepCallback,
@@ -243,8 +244,6 @@ class Inverter:
         for index, picture in enumerate(loaded):
             groups.setdefault(tuple(picture.pixels.shape), []).append(index)
         inversions: list[Inversion | None] = [None] * len(loaded)
-        from fastinv.bench.memory import PeakMemory  # here: fastinv.bench imports this module
-
         with self._lock, PeakMemory(self.model.device) as memory:
             options, recorded = self._method_options(method, options)
             cond = self.model.conditioning(prompt, guidance, embedded_guidance, inverting=True)
@@ -296,8 +295,6 @@ class Inverter:
         source: SourceTrajectory | None = None,
     ) -> Reconstruction:
         """Euler sampling from z_T [B, C, h, w] over the N+1 `sigmas` with `cond` (and `control`), decoded."""
-        from fastinv.bench.memory import PeakMemory  # here: fastinv.bench imports this module
-
         with self._lock, PeakMemory(self.model.device) as memory:
             clock = Stopwatch(self.model.device)
             latents, nfe = sample_euler(

@@ -32,6 +32,7 @@ from fastinv.files import (
 )
 from fastinv.images import pixels_to_pil
 from fastinv.masks import Mask
+from fastinv.memory import PeakMemory
 from fastinv.models import FlowModel
 from fastinv.request_checks import check_request
 from fastinv.results import Edit, Inversion, Reconstruction
@@ -209,9 +210,7 @@ def mask_record(mask: Mask | None) -> dict[str, Any] | None:
 
 def peak_memory_record(model: FlowModel, **stages: float | None) -> dict[str, Any]:
     """The record's `peak_memory_mib`, each stage's peak in MiB (None: not measured), and `peak_memory`, what
-    it measures on the model's device (`fastinv.bench.memory.PeakMemory.kind`)."""
-    from fastinv.bench.memory import PeakMemory  # here: fastinv.bench imports this module
-
+    it measures on the model's device (`fastinv.memory.PeakMemory.kind`)."""
     return {"peak_memory_mib": stages, "peak_memory": PeakMemory.kind(model.device)}
 
 

@@ -22,7 +22,7 @@ class Inversion:
 
     x0: [1, C, h, w] float32 clean latents of the input; sigmas: the N+1 float64 schedule used; config:
     the RunConfig it ran with; peak_memory_mib: the peak of the batched call it came from
-    (`fastinv.bench.memory.PeakMemory`: max allocated on CUDA, the process's RSS on CPU), MiB.
+    (`fastinv.memory.PeakMemory`: max allocated on CUDA, the process's RSS on CPU), MiB.
     """
 
     result: InversionResult

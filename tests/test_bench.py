@@ -19,12 +19,14 @@ from cli_runner import cli
 from PIL import Image
 from skimage import data
 
-from fastinv.bench import PeakMemory, aggregate, interpolate_log_time, memory, summarize
+from fastinv import memory
+from fastinv.bench import aggregate, interpolate_log_time, summarize
 from fastinv.bench.plan import list_images
 from fastinv.bench.report import TIMING_ONLY_NOTE
 from fastinv.bench.summary import OUTSIDE
 from fastinv.errors import FastinvError
 from fastinv.images import IMAGE_SUFFIXES
+from fastinv.memory import PeakMemory
 from fastinv.methods.base import Stopwatch
 
 

@@ -17,7 +17,7 @@ import torch
 from cli_runner import cli
 
 from fastinv.api import Inverter, load
-from fastinv.bench.memory import process_peak_rss_mib
+from fastinv.memory import process_peak_rss_mib
 from fastinv.models import EXAMPLE_IMAGE, load_model
 from fastinv.models import offload as offload_module
 from fastinv.models.footprint import footprint, weight_files

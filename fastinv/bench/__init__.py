@@ -10,7 +10,6 @@ record = build_record(plan, run_bench(plan, console))
 write_report(record, plan.out)
 """
 
-from fastinv.bench.memory import PeakMemory
 from fastinv.bench.plan import BenchPlan, make_plan
 from fastinv.bench.report import build_record, report_tables, write_report
 from fastinv.bench.run import BenchResult, run_bench
@@ -19,7 +18,6 @@ from fastinv.bench.summary import aggregate, interpolate_log_time, summarize
 __all__ = [
     "BenchPlan",
     "BenchResult",
-    "PeakMemory",
     "aggregate",
     "build_record",
     "interpolate_log_time",

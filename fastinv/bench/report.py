@@ -19,12 +19,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fastinv import __version__
-from fastinv.bench.memory import PeakMemory
 from fastinv.bench.plan import BenchPlan
 from fastinv.bench.run import BenchResult
 from fastinv.bench.summary import SPREAD, Row, aggregate, summarize
 from fastinv.display import fmt as _fmt
 from fastinv.files import Writer, atomic_write, json_writer, publish_files
+from fastinv.memory import PeakMemory
 from fastinv.runtime.backends import BACKENDS
 
 FIDELITY_NOTE = (

@@ -15,12 +15,12 @@ from rich.progress import Progress, TaskID
 
 from fastinv.api import Inverter, load
 from fastinv.bench.cost import cost, solver_flop_ratio
-from fastinv.bench.memory import PeakMemory
 from fastinv.bench.plan import GUIDANCE, PROMPT, BenchPlan
 from fastinv.bench.summary import Row
 from fastinv.display import progress_bar
 from fastinv.errors import FastinvError
 from fastinv.images import LoadedImage
+from fastinv.memory import PeakMemory
 from fastinv.pipeline import InversionJob, invert_image, reconstruct_and_score
 from fastinv.runtime.backends import BACKENDS, get_backend, spelled
 
