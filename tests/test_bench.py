@@ -1,15 +1,13 @@
-"""`fastinv bench` end to end on the tiny SD3 (torch and ORT), its ratios on hand-made rows, the memory
-sampler, the CUDA-event Stopwatch (on a fake CUDA) and the one-line errors."""
+"""`fastinv bench` end to end on the tiny SD3 (torch and ORT), its ratios on hand-made rows, the
+CUDA-event Stopwatch (on a fake CUDA) and the one-line errors."""
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +17,12 @@ from cli_runner import cli
 from PIL import Image
 from skimage import data
 
-from fastinv import memory
 from fastinv.bench import aggregate, interpolate_log_time, summarize
 from fastinv.bench.plan import list_images
 from fastinv.bench.report import TIMING_ONLY_NOTE
 from fastinv.bench.summary import OUTSIDE
 from fastinv.errors import FastinvError
 from fastinv.images import IMAGE_SUFFIXES
-from fastinv.memory import PeakMemory
 from fastinv.methods.base import Stopwatch
 
 
@@ -324,37 +320,6 @@ def test_aggregate_median_spread_and_means() -> None:
     )
     assert agg["nfe"] == 4.5 and agg["peak_mib"] == 15.0
     assert (agg["psnr"], agg["ssim"], agg["lpips"], agg["mse_pixel"]) == (25.0, 0.5, None, None)
-
-
-def test_peak_memory_on_cpu_sees_a_short_allocation() -> None:
-    before = memory.current_rss_mib()
-    assert before is not None and before > 0
-    with PeakMemory(torch.device("cpu")) as peak:
-        # 32 MiB of fresh pages, touched: an anonymous map, never memory the allocator already holds
-        block = mmap.mmap(-1, 32 * 2**20)
-        block.write(b"\1" * len(block))
-        time.sleep(0.05)
-        block.close()
-    assert peak.mib >= before + 16
-    assert "sampled" in PeakMemory.kind(torch.device("cpu"))
-
-
-def test_peak_memory_without_proc_falls_back_to_the_process_peak(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "STATM", Path("/nonexistent/statm"))
-    with PeakMemory(torch.device("cpu")) as peak:
-        pass
-    assert peak.mib == pytest.approx(memory.process_peak_rss_mib(), rel=0.1) and peak.mib > 0
-    assert "getrusage" in PeakMemory.kind(torch.device("cpu"))
-
-
-def test_peak_memory_on_cuda_reads_max_allocated(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**20)
-    device = torch.device("cuda", 0)
-    with PeakMemory(device) as peak:
-        pass
-    assert peak.mib == 3.0 and calls == [("reset", device)]
 
 
 class FakeEvent:
