@@ -24,7 +24,7 @@ from fastinv.files import NAME_MAX_BYTES, STAGING_BYTES, publish_files
 from fastinv.images import IMAGE_SUFFIXES, image_files, is_image_file, not_found
 from fastinv.methods import AUTO, auto_method, method_options
 from fastinv.models import DEFAULT_MODEL
-from fastinv.outputs import INVERSION_FILES, read_output_set
+from fastinv.outputs import INVERSION_FILES, read_output_set, recorded_path
 from fastinv.pipeline import InversionJob, StepHook, invert_batch_to_files
 
 MANIFEST = "manifest.jsonl"
@@ -168,36 +168,41 @@ class Settings:
         return cls(str(folder), method, options, named, job.steps, job.prompt, job.guidance, embedded)
 
     def made(self, record: dict[str, Any], image: str) -> bool:
-        """Whether the metrics record `record` of an output set was made of `image` with these settings."""
+        """Whether the metrics record `record` of an output set was made of `image` with these settings.
+        The record's paths are read from its working folder and this run's from this one, so a relative
+        path means the same file in both runs; a record without a working folder, whose relative paths
+        could name other files, is re-run."""
         options = record.get("method_options") or {}
         if not isinstance(options, dict):  # a damaged record: re-run
             return False
         options = dict(options)
         solver = options.pop("solver", None)
         return (
-            _same_path(record.get("model"), self.model)
+            _same_path(record, record.get("model"), self.model)
             and record.get("method") == self.method
             and _json(options) == self.options
-            and _same_solver(solver, self.solver)
+            and _same_solver(record, solver, self.solver)
             and record.get("steps") == self.steps
             and record.get("prompt") == self.prompt
             and record.get("guidance") == self.guidance
             and record.get("embedded_guidance") in (None, self.embedded_guidance)  # None: the model has none
-            and _same_path(record.get("image"), image)
+            and _same_path(record, record.get("image"), image)
         )
 
 
-def _same_solver(recorded: Any, solver: str | None) -> bool:
-    """Whether a record's solver is `solver` (None: the method takes none): the same folder, or an exported
+def _same_solver(record: dict[str, Any], recorded: Any, solver: str | None) -> bool:
+    """Whether `record`'s solver is `solver` (None: the method takes none): the same folder, or an exported
     solver graph (a file, where a solver is a folder), which the backend loaded for that folder."""
     if solver is None or recorded is None:
         return recorded is solver
-    return Path(str(recorded)).is_file() or _same_path(recorded, solver)
+    graph = recorded_path(record, recorded)
+    return (graph is not None and graph.is_file()) or _same_path(record, recorded, solver)
 
 
-def _same_path(recorded: Any, path: str) -> bool:
-    """Whether a record's path names `path` (both taken from the working folder)."""
-    return isinstance(recorded, str) and Path(recorded).resolve() == Path(path).resolve()
+def _same_path(record: dict[str, Any], recorded: Any, path: str) -> bool:
+    """Whether a path `record` names (`outputs.recorded_path`) is `path`, taken from this working folder."""
+    named = recorded_path(record, recorded)
+    return named is not None and named.resolve() == Path(path).resolve()
 
 
 def completed(out: Path, item: Item, settings: Settings) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ mixed from two runs (a re-run killed between two renames).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ from fastinv.results import Edit, Inversion, Reconstruction
 from fastinv.schedule import check_schedule
 
 RUN_ID = "run_id"
+WORKING_FOLDER = "working_folder"
+"""The record key of the folder where the paths a record names (image, model, solver, z_T file) start when
+they are relative: the writer's working folder, so a later run from another folder reads them as meant."""
 INVERSION_FILES = (".zT.safetensors", ".recon.png", ".metrics.json")
 """The files of one inverted image, `<stem><suffix>`; the last marks the set complete."""
 
@@ -49,6 +53,7 @@ def inversion_record(model: FlowModel, inversion: Inversion) -> dict[str, Any]:
     image = inversion.image
     return {
         "fastinv_version": __version__,
+        WORKING_FOLDER: os.getcwd(),
         "model": model.name,
         "image": image.source,
         "original_size": list(image.original_size),
@@ -111,6 +116,20 @@ def write_outputs(
     zt, recon, metrics_file = (out / f"{stem}{suffix}" for suffix in INVERSION_FILES)
     publish_files({zt: latents, recon: png, metrics_file: json_writer(record)})
     return record
+
+
+def recorded_path(record: dict[str, Any], path: Any) -> Path | None:
+    """`path`, a path that `record` names, as its writer meant it (absolute: a relative one starts from the
+    record's WORKING_FOLDER); None when either is not a path string, or a relative path's record has no
+    absolute working folder (an older fastinv wrote it)."""
+    folder = record.get(WORKING_FOLDER)
+    if not isinstance(path, str) or not path or "\0" in path:
+        return None
+    if Path(path).is_absolute():
+        return Path(path)
+    if not isinstance(folder, str) or "\0" in folder or not Path(folder).is_absolute():
+        return None
+    return Path(folder) / path
 
 
 def read_output_set(out: Path, stem: str) -> dict[str, Any] | None:
@@ -225,8 +244,8 @@ SAVED_KEYS = ("model", "steps", "sigmas", "prompt", "guidance", "embedded_guidan
 @dataclass(frozen=True)
 class SavedLatents:
     """A z_T file `write_outputs` wrote, read and checked (`read_latents_file`): z_T [1, C, h, w] float32, the
-    N+1 sigmas (float64, decreasing) it was inverted over, the model folder, prompt, CFG scale and FLUX-dev
-    embedded guidance it was inverted with, and its run id."""
+    N+1 sigmas (float64, decreasing) it was inverted over, the model folder (absolute where the file names its
+    working folder), prompt, CFG scale and FLUX-dev embedded guidance it was inverted with, and its run id."""
 
     path: Path
     z_T: torch.Tensor
@@ -263,8 +282,11 @@ def read_latents_file(path: Path) -> SavedLatents:
         if missing:
             raise FastinvError(f"its metadata has no {', '.join(missing)}")
         model, sigmas, run_id = meta["model"], meta["sigmas"], meta.get(RUN_ID)
-        if not isinstance(model, str) or not model.strip():
+        if not isinstance(model, str) or not model.strip() or "\0" in model:
             raise FastinvError(f"model must be a folder path, got {model!r}")
+        folder = meta.get(WORKING_FOLDER)
+        if folder is not None and recorded_path({WORKING_FOLDER: folder}, "model") is None:
+            raise FastinvError(f"{WORKING_FOLDER} must be an absolute folder path, got {folder!r}")
         if run_id is not None and not isinstance(run_id, str):
             raise FastinvError(f"run_id must be a string, got {run_id!r}")
         check_request(
@@ -292,7 +314,7 @@ def read_latents_file(path: Path) -> SavedLatents:
         path,
         z_T,
         schedule,
-        model,
+        str(recorded_path(meta, model) or model),  # a file without a working folder: from this one
         meta["prompt"],
         float(meta["guidance"]),
         None if embedded is None else float(embedded),
@@ -307,6 +329,7 @@ def write_reconstruction_outputs(
     the record: the z_T file and its run id, what it was regenerated with, NFE and seconds."""
     record = {
         "fastinv_version": __version__,
+        WORKING_FOLDER: os.getcwd(),
         "latents": str(saved.path),
         "latents_run_id": saved.run_id,
         "model": model.name,

@@ -343,6 +343,36 @@ def test_sets_made_with_another_solver_are_run_again(
     assert read_output_set(out, "coffee")["method_options"]["solver"] == str(solver)
 
 
+def test_relative_paths_are_read_from_the_folder_of_the_run_that_wrote_them(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """photos/coffee.png names another file from another working folder: run there into the same OUT, it
+    is inverted again, not kept; the same file named from anywhere is kept. A record without its working
+    folder (an older fastinv's), whose relative path may name another file, is re-run."""
+    for folder, photo in (("a", "coffee.png"), ("b", "astronaut.png")):
+        (tmp_path / folder / "photos").mkdir(parents=True)
+        shutil.copy(photos / photo, tmp_path / folder / "photos" / "coffee.png")
+    out = tmp_path / "out"
+
+    def run(cwd: Path, image: str) -> str:
+        monkeypatch.chdir(cwd)
+        code, _, err = cli(["invert", image, "--out", str(out), *RUN])
+        assert code == 0, err
+        [record] = manifest(out)
+        return record["status"]
+
+    assert run(tmp_path / "a", "photos/coffee.png") == "ok"
+    written = read_output_set(out, "coffee")
+    assert (written["image"], written["working_folder"]) == ("photos/coffee.png", str(tmp_path / "a"))
+    assert run(tmp_path / "b", "photos/coffee.png") == "ok"  # the astronaut, not a.png's coffee
+    assert read_output_set(out, "coffee")["working_folder"] == str(tmp_path / "b")
+    assert run(tmp_path, "b/photos/coffee.png") == "skipped"
+    assert run(tmp_path / "b", str(tmp_path / "b" / "photos" / "coffee.png")) == "skipped"
+    record_file = out / "coffee.metrics.json"
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "working_folder": None}))
+    assert run(tmp_path / "b", "photos/coffee.png") == "ok"
+
+
 def test_a_recursive_pattern_does_not_follow_links_to_folders(photos: Path, tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     shutil.copy(photos / "coffee.png", tmp_path / "a.png")

@@ -93,6 +93,24 @@ def test_model_override(
     assert code == 2 and "does not fit" in stderr, stderr
 
 
+def test_a_relative_model_is_found_from_another_folder(
+    sd3_latents: Path, tiny_sd3_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metadata records the working folder of the invert, where a relative model path starts: the z_T
+    reconstructs, without --model, from any folder."""
+    assert load_latents(sd3_latents)[1]["working_folder"] == str(Path.cwd())  # where _invert ran
+    relative = tmp_path / "relative.zT.safetensors"
+    z_T, metadata = load_latents(sd3_latents)
+    where = {"model": tiny_sd3_dir.name, "working_folder": str(tiny_sd3_dir.parent)}
+    save_latents(relative, z_T, metadata | where)
+    monkeypatch.chdir(tmp_path)
+    assert _reconstruct(relative, tmp_path / "recon")[0] == 0
+    assert np.array_equal(
+        _pixels(tmp_path / "recon" / "relative.reconstruct.png"),
+        _pixels(sd3_latents.parent / f"{STEM}.recon.png"),
+    )
+
+
 def _garbled(good: Path, folder: Path) -> dict[str, Path]:
     """z_T files that are bad in one way each, made from `good`."""
     z_T, metadata = load_latents(good)
@@ -111,6 +129,7 @@ def _garbled(good: Path, folder: Path) -> dict[str, Path]:
         "sigmas must be a list of steps + 1 = 4 numbers": {"sigmas": metadata["sigmas"][:-1]},
         "sigmas must decrease strictly": {"sigmas": metadata["sigmas"][::-1]},
         "model must be a folder path": {"model": ["x"]},
+        "working_folder must be an absolute folder path": {"working_folder": "photos"},
     }
     for reason, change in changes.items():
         values = {key: value for key, value in (metadata | change).items() if value is not DROP}
