@@ -195,8 +195,8 @@ def _same_solver(record: dict[str, Any], recorded: Any, solver: str | None) -> b
     solver graph (a file, where a solver is a folder), which the backend loaded for that folder."""
     if solver is None or recorded is None:
         return recorded is solver
-    graph = recorded_path(record, recorded)
-    return (graph is not None and graph.is_file()) or _same_path(record, recorded, solver)
+    named = recorded_path(record, recorded)
+    return named is not None and (named.is_file() or named.resolve() == Path(solver).resolve())
 
 
 def _same_path(record: dict[str, Any], recorded: Any, path: str) -> bool:

@@ -122,14 +122,17 @@ def recorded_path(record: dict[str, Any], path: Any) -> Path | None:
     """`path`, a path that `record` names, as its writer meant it (absolute: a relative one starts from the
     record's WORKING_FOLDER); None when either is not a path string, or a relative path's record has no
     absolute working folder (an older fastinv wrote it)."""
-    folder = record.get(WORKING_FOLDER)
     if not isinstance(path, str) or not path or "\0" in path:
         return None
     if Path(path).is_absolute():
         return Path(path)
-    if not isinstance(folder, str) or "\0" in folder or not Path(folder).is_absolute():
-        return None
-    return Path(folder) / path
+    folder = record.get(WORKING_FOLDER)
+    return Path(folder) / path if _absolute_path(folder) else None
+
+
+def _absolute_path(value: Any) -> bool:
+    """Whether `value` is an absolute path string (no NUL byte)."""
+    return isinstance(value, str) and "\0" not in value and Path(value).is_absolute()
 
 
 def read_output_set(out: Path, stem: str) -> dict[str, Any] | None:
@@ -285,7 +288,7 @@ def read_latents_file(path: Path) -> SavedLatents:
         if not isinstance(model, str) or not model.strip() or "\0" in model:
             raise FastinvError(f"model must be a folder path, got {model!r}")
         folder = meta.get(WORKING_FOLDER)
-        if folder is not None and recorded_path({WORKING_FOLDER: folder}, "model") is None:
+        if folder is not None and not _absolute_path(folder):
             raise FastinvError(f"{WORKING_FOLDER} must be an absolute folder path, got {folder!r}")
         if run_id is not None and not isinstance(run_id, str):
             raise FastinvError(f"run_id must be a string, got {run_id!r}")
