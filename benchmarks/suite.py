@@ -133,6 +133,33 @@ def run_line(line: str, cwd: Path) -> dict[str, Any]:
     }
 
 
+def print_tables(line: str, runs: list[dict[str, Any]], files: int = 8) -> None:
+    """One row per run, then the `files` slowest test files (of the first run) with their seconds per run."""
+    table = Table(title=f"{line}: target ≤ {TARGET_SECONDS:.0f} s")
+    for column in ("run", "wall s", "pytest s", "CPU s", "steal s", "passed", "skipped", "failed"):
+        table.add_column(column, justify="right")
+    for index, run in enumerate(runs, 1):
+        counts = run["outcomes"]
+        failed = counts.get("failure", 0) + counts.get("error", 0)
+        figures = (
+            run["wall_seconds"],
+            run["pytest_seconds"],
+            run["machine_cpu_seconds"],
+            run["steal_seconds"],
+        )
+        table.add_row(
+            str(index), *map(str, (*figures, counts.get("passed", 0), counts.get("skipped", 0), failed))
+        )
+    console.print(table)
+    slowest = Table(title="slowest test files (setup + call + teardown, s)")
+    slowest.add_column("file")
+    for index in range(1, len(runs) + 1):
+        slowest.add_column(f"run {index}", justify="right")
+    for name in list(runs[0]["file_seconds"])[:files]:
+        slowest.add_row(name, *(str(run["file_seconds"].get(name, "")) for run in runs))
+    console.print(slowest)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,20 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python_loop_1e6_seconds": round(python_loop_seconds(), 3),
         "matmul_gflops": round(matmul_gflops(), 1),
     }
-    table = Table(title=f"README test line ({line}); target ≤ {TARGET_SECONDS:.0f} s")
-    for column in ("run", "wall s", "pytest s", "CPU s", "steal s", "passed", "skipped", "slowest files"):
-        table.add_column(column)
-    for index, run in enumerate(runs, 1):
-        slowest = ", ".join(f"{Path(name).stem} {s:.0f}" for name, s in list(run["file_seconds"].items())[:3])
-        figures = (
-            run["wall_seconds"],
-            run["pytest_seconds"],
-            run["machine_cpu_seconds"],
-            run["steal_seconds"],
-        )
-        outcomes = (run["outcomes"].get("passed", 0), run["outcomes"].get("skipped", 0))
-        table.add_row(str(index), *(str(f) for f in (*figures, *outcomes)), slowest)
-    console.print(table)
+    print_tables(line, runs)
     loop, gflops = speed["python_loop_1e6_seconds"], speed["matmul_gflops"]
     console.print(f"machine: a Python loop of 10⁶ additions {loop} s; 1-thread matmul {gflops} GFLOP/s")
     record = {
