@@ -59,3 +59,10 @@ def test_a_failing_line_is_one_error_line_and_writes_nothing(
     with pytest.raises(SystemExit) as exit_info:
         suite.main(["--root", str(root), "--runs", "0"])
     assert exit_info.value.code == 2 and "--runs must be at least 1, not 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        suite.main(["--root", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'README.md'} has no '## Tests' section with a one-line bash block\n"
+    )
