@@ -17,7 +17,7 @@ TESTS = {
     "test_slow.py": (
         "import time\n\nimport pytest\n\n\n@pytest.fixture(scope='module')\ndef slow():\n"
         "    time.sleep(0.4)\n\n\ndef test_after_a_fixture(slow):\n    pass\n\n\n"
-        "@pytest.mark.skip(reason='shown as skipped')\ndef test_skipped():\n    pass\n\n\n"
+        "@pytest.mark.skip(reason='counted by the benchmark')\ndef test_skipped():\n    pass\n\n\n"
     ),
 }
 
